@@ -1,0 +1,152 @@
+"""The framework-neutral parity case and result files that the harness and workers exchange.
+
+A case is a folder: case.json (config, dtype, device, optimizer, what to compute), weights.safetensors
+(the canonical weight file) and inputs.safetensors (x, y for the forward/gradient checks and
+step_x, step_y for K optimizer steps, all NCHW). A worker answers with one safetensors file of
+results keyed as in result_keys() and a JSON `info` in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save as _safetensors_bytes
+
+from densenet_spec.config import DenseNetConfig
+from densenet_spec.params import param_specs, stage_names, trainable_names
+from densenet_spec.weightfile import atomic_write_bytes, load_weights, save_weights
+
+QUANTITIES = ("eval", "train", "grad", "step")
+DEVICES = ("cpu", "gpu", "tpu")
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    """The spec's optimizer: SGD with momentum at a constant learning rate, coupled L2 decay.
+
+    buf = momentum * buf + (grad + weight_decay * param);  param -= lr * buf   (buf starts at 0)
+    torch.optim.SGD and optax.sgd keep lr outside the buffer; Keras and MXNet keep it inside
+    (v = momentum * v - lr * g; param += v). At a constant lr both give identical updates.
+    weight_decay applies to every trainable tensor (BN gamma/beta and biases too), as torch does.
+    The loss is the mean cross-entropy over the batch; MXNet's Trainer.step(batch_size) divides
+    gradients by batch_size, so a mean loss is stepped with step(1).
+    """
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class Case:
+    config: DenseNetConfig
+    params: dict  # canonical name -> array (dtype)
+    x: np.ndarray  # (N, C, H, W)
+    y: np.ndarray  # (N,) int64 labels
+    step_x: np.ndarray  # (K, N, C, H, W)
+    step_y: np.ndarray  # (K, N)
+    dtype: str = "float64"
+    device: str = "cpu"
+    sgd: SGDConfig = field(default_factory=SGDConfig)
+    quantities: tuple = QUANTITIES
+    memory_efficient: bool = False
+    options: dict = field(default_factory=dict)  # framework-specific switches, e.g. {"hybridize": true}
+
+    @property
+    def steps(self) -> int:
+        return int(self.step_x.shape[0])
+
+
+def write_case(case: Case, folder) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(folder / "weights.safetensors", case.params, case.config)
+    inputs = {
+        "x": np.ascontiguousarray(case.x),
+        "y": np.ascontiguousarray(case.y, dtype=np.int64),
+        "step_x": np.ascontiguousarray(case.step_x),
+        "step_y": np.ascontiguousarray(case.step_y, dtype=np.int64),
+    }
+    atomic_write_bytes(folder / "inputs.safetensors", _safetensors_bytes(inputs))
+    meta = {
+        "config": case.config.to_dict(),
+        "dtype": case.dtype,
+        "device": case.device,
+        "sgd": vars(case.sgd),
+        "quantities": list(case.quantities),
+        "memory_efficient": case.memory_efficient,
+        "options": case.options,
+    }
+    atomic_write_bytes(folder / "case.json", json.dumps(meta, indent=2).encode())
+    return folder
+
+
+def read_case(folder) -> Case:
+    folder = Path(folder)
+    meta = json.loads((folder / "case.json").read_text())
+    config = DenseNetConfig.from_dict(meta["config"])
+    params, _ = load_weights(folder / "weights.safetensors", config, meta["dtype"])
+    with safe_open(str(folder / "inputs.safetensors"), framework="np") as f:
+        inputs = {k: f.get_tensor(k) for k in f.keys()}
+    return Case(
+        config=config,
+        params=params,
+        x=inputs["x"],
+        y=inputs["y"],
+        step_x=inputs["step_x"],
+        step_y=inputs["step_y"],
+        dtype=meta["dtype"],
+        device=meta["device"],
+        sgd=SGDConfig(**meta["sgd"]),
+        quantities=tuple(meta["quantities"]),
+        memory_efficient=meta["memory_efficient"],
+        options=meta.get("options", {}),
+    )
+
+
+def result_keys(case: Case) -> list[str]:
+    """Every key a worker must return for this case, in forward (then backward) order.
+
+    eval/<stage>, train/<stage>: per-stage outputs (NCHW; head (N, C); logits (N, classes))
+    eval_grad/input:             d loss / d x with BatchNorm in eval mode
+    train_grad/input, train_grad/<param>: gradients in train mode, canonical layout
+    step/<name>:                 every parameter and BN running statistic after case.steps
+                                 SGD steps on step_x[k], step_y[k] (train mode), from the weights
+    loss/eval, loss/train:       the mean cross-entropy, shape (1,)
+    """
+    c = case.config
+    keys: list[str] = []
+    if "eval" in case.quantities:
+        keys += [f"eval/{s}" for s in stage_names(c)] + ["loss/eval"]
+    if "train" in case.quantities:
+        keys += [f"train/{s}" for s in stage_names(c)] + ["loss/train"]
+    if "grad" in case.quantities:
+        keys += ["eval_grad/input", "train_grad/input"]
+        keys += [f"train_grad/{n}" for n in trainable_names(c)]
+    if "step" in case.quantities:
+        keys += [f"step/{s.name}" for s in param_specs(c)]
+    return keys
+
+
+def write_results(path, results: dict, info: dict) -> None:
+    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in results.items()}
+    atomic_write_bytes(path, _safetensors_bytes(arrays, metadata={"info": json.dumps(info)}))
+
+
+def read_results(path) -> tuple[dict, dict]:
+    with safe_open(str(path), framework="np") as f:
+        info = json.loads((f.metadata() or {}).get("info", "{}"))
+        return {k: f.get_tensor(k) for k in f.keys()}, info
+
+
+def check_results(case: Case, results: dict) -> None:
+    """A worker's results must hold exactly result_keys(case) with the right shapes."""
+    want = result_keys(case)
+    missing = [k for k in want if k not in results]
+    extra = [k for k in results if k not in want]
+    if missing or extra:
+        raise ValueError(f"worker results: missing {missing[:8]}..., unexpected {extra[:8]}")

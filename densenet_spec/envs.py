@@ -1,0 +1,102 @@
+"""One virtual environment per framework, created from requirements/<name>.txt and reused.
+
+MXNet 1.9.1 needs numpy<1.24 while JAX and TensorFlow need numpy 2, so nothing here assumes two
+frameworks share a process: each runs with its own environment's Python and talks through files.
+An environment is rebuilt when its requirements file or the base Python changes (a stamp file
+holds the hash). Only the standard library is used, so `python3 dev.py` can call this first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from densenet_spec.errors import EnvironmentSetupError
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAMEWORKS = ("torch", "jax", "tf", "mx")
+ENVIRONMENTS = ("spec",) + FRAMEWORKS
+
+
+def env_root() -> Path:
+    return Path(os.environ.get("DENSENET_ENVS", ROOT / ".venvs"))
+
+
+def requirements_file(name: str) -> Path:
+    if name not in ENVIRONMENTS:
+        raise EnvironmentSetupError(f"unknown environment {name!r}; known: {', '.join(ENVIRONMENTS)}")
+    return ROOT / "requirements" / f"{name}.txt"
+
+
+def env_python(name: str) -> Path:
+    return env_root() / name / "bin" / "python"
+
+
+def _stamp(name: str) -> str:
+    h = hashlib.sha256(requirements_file(name).read_bytes())
+    h.update(sys.version.encode())
+    if name == "spec":  # the spec env also holds this project, installed editable
+        h.update((ROOT / "pyproject.toml").read_bytes())
+    return h.hexdigest()
+
+
+def is_ready(name: str) -> bool:
+    stamp = env_root() / name / ".densenet-stamp"
+    return env_python(name).exists() and stamp.exists() and stamp.read_text() == _stamp(name)
+
+
+def ensure_env(name: str, log=print) -> Path:
+    """Create (or reuse) the environment `name`; return its Python."""
+    if is_ready(name):
+        return env_python(name)
+    path = env_root() / name
+    log(f"[envs] building {name} environment in {path} from {requirements_file(name).name}")
+    if path.exists():
+        shutil.rmtree(path)
+    steps = [
+        [sys.executable, "-m", "venv", str(path)],
+        [str(env_python(name)), "-m", "pip", "install", "-q", "-r", str(requirements_file(name))],
+    ]
+    if name == "spec":
+        steps.append(
+            [str(env_python(name)), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+             "-e", str(ROOT)]
+        )
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
+            raise EnvironmentSetupError(
+                f"building the {name} environment failed at: {' '.join(cmd)}\n{tail}"
+            )
+    (path / ".densenet-stamp").write_text(_stamp(name))
+    log(f"[envs] {name} environment ready")
+    return env_python(name)
+
+
+def ensure_envs(names, log=print) -> dict[str, Path]:
+    """Build several environments, a few at a time (downloads overlap, installs are I/O bound)."""
+    names = list(dict.fromkeys(names))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        pythons = list(pool.map(lambda n: ensure_env(n, log), names))
+    return dict(zip(names, pythons))
+
+
+def worker_env(name: str) -> dict:
+    """Process environment for running code from this repo with environment `name`'s Python."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PYTHONHASHSEED", "0")
+    if name == "tf":
+        env["KERAS_BACKEND"] = "tensorflow"
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+if __name__ == "__main__":
+    ensure_envs(sys.argv[1:] or ENVIRONMENTS)
