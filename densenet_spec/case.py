@@ -150,3 +150,55 @@ def check_results(case: Case, results: dict) -> None:
     extra = [k for k in results if k not in want]
     if missing or extra:
         raise ValueError(f"worker results: missing {missing[:8]}..., unexpected {extra[:8]}")
+
+
+def make_case(
+    config: DenseNetConfig,
+    *,
+    batch: int = 2,
+    image_size: int = 32,
+    dtype: str = "float64",
+    device: str = "cpu",
+    seed: int = 0,
+    steps: int = 1,
+    quantities=QUANTITIES,
+    sgd: SGDConfig | None = None,
+    memory_efficient: bool = False,
+    options: dict | None = None,
+) -> Case:
+    """A seeded case: randomised BN (so every BN term matters), normal inputs, uniform labels.
+
+    The first optimizer step uses the same batch as the forward/gradient checks.
+    """
+    from densenet_spec.config import check_input_shape
+    from densenet_spec.params import init_params
+
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    if device not in DEVICES:
+        from densenet_spec.errors import DeviceUnavailableError
+
+        raise DeviceUnavailableError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+    shape = (batch, config.in_channels, image_size, image_size)
+    check_input_shape(config, shape, training=True)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal(shape).astype(dtype)
+    y = rng.integers(0, config.num_classes, batch).astype(np.int64)
+    step_x = rng.standard_normal((steps,) + shape).astype(dtype)
+    step_y = rng.integers(0, config.num_classes, (steps, batch)).astype(np.int64)
+    if steps:
+        step_x[0], step_y[0] = x, y
+    return Case(
+        config=config,
+        params=init_params(config, seed, dtype, randomize_bn=True),
+        x=x,
+        y=y,
+        step_x=step_x,
+        step_y=step_y,
+        dtype=dtype,
+        device=device,
+        sgd=sgd or SGDConfig(),
+        quantities=tuple(quantities),
+        memory_efficient=memory_efficient,
+        options=options or {},
+    )

@@ -1,0 +1,94 @@
+"""Compare two result dicts key by key against the tolerance table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from densenet_spec.tolerances import (
+    FLOAT32_FLOOR,
+    FLOAT32_SAFETY,
+    FLOAT64,
+    family,
+    is_exact_zero,
+)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    key: str
+    error: float
+    bound: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.error <= self.bound)
+
+
+def family_scales(reference: dict) -> dict[str, float]:
+    scales: dict[str, float] = {}
+    for k, v in reference.items():
+        m = float(np.max(np.abs(v))) if np.size(v) else 0.0
+        scales[family(k)] = max(scales.get(family(k), 0.0), m)
+    return scales
+
+
+def rel_errors(a: dict, b: dict, *, symmetric: bool = False) -> dict[str, float]:
+    """max|a-b| / max|b| per key common to both (b the reference).
+
+    symmetric=True divides by max(max|a|, max|b|) instead, for framework pairs where neither is
+    the reference. Exactly-zero keys divide by their family's largest value (tolerances.py).
+    """
+    scales_b = family_scales(b)
+    scales = {f: max(s, family_scales(a).get(f, 0.0)) for f, s in scales_b.items()} if symmetric else scales_b
+    out = {}
+    for k in b:
+        if k not in a:
+            continue
+        x, y = np.asarray(a[k], np.float64), np.asarray(b[k], np.float64)
+        if x.shape != y.shape:
+            out[k] = float("inf")
+            continue
+        diff = float(np.max(np.abs(x - y))) if x.size else 0.0
+        if is_exact_zero(k):
+            denom = scales[family(k)]
+        else:
+            denom = float(np.max(np.abs(y))) if y.size else 0.0
+            if symmetric:
+                denom = max(denom, float(np.max(np.abs(x))) if x.size else 0.0)
+        out[k] = diff / denom if denom > 0 else (0.0 if diff == 0 else float("inf"))
+    return out
+
+
+def bounds_for(keys, dtype: str, float32_errors: dict | None = None) -> dict[str, float]:
+    """The bound for each key: the float64 table, or the derived float32 bound.
+
+    float32_errors: rel_errors(oracle in float32, oracle in float64) on the same case; needed for
+    float32 (see tolerances.py for the derivation).
+    """
+    if dtype == "float64":
+        return {k: FLOAT64[family(k)] for k in keys}
+    if dtype != "float32":
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    if float32_errors is None:
+        raise ValueError("float32 bounds are derived: pass the oracle's own float32 errors")
+    return {
+        k: max(FLOAT32_FLOOR[family(k)], FLOAT32_SAFETY * float32_errors.get(k, 0.0)) for k in keys
+    }
+
+
+def compare(a: dict, b: dict, dtype: str, float32_errors: dict | None = None, *, symmetric=False):
+    """List of Comparison for every key of b (the reference); a missing key is an infinite error."""
+    errors = rel_errors(a, b, symmetric=symmetric)
+    bounds = bounds_for(b.keys(), dtype, float32_errors)
+    return [Comparison(k, errors.get(k, float("inf")), bounds[k]) for k in b]
+
+
+def assert_close(a: dict, b: dict, dtype: str, float32_errors: dict | None = None, *, symmetric=False):
+    """For tests: fail listing the worst offending keys with their error and bound."""
+    bad = [c for c in compare(a, b, dtype, float32_errors, symmetric=symmetric) if not c.ok]
+    if bad:
+        bad.sort(key=lambda c: -c.error / c.bound)
+        lines = [f"{c.key}: error {c.error:.3e} > bound {c.bound:.1e}" for c in bad[:15]]
+        raise AssertionError(f"{len(bad)} of {len(b)} comparisons out of bound:\n" + "\n".join(lines))
