@@ -1,0 +1,90 @@
+"""densenet-parity: run every framework on one case and compare each with the oracle and each other."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from densenet_spec.case import DEVICES, QUANTITIES, SGDConfig, make_case
+from densenet_spec.config import PRESETS, get_preset
+from densenet_spec.envs import FRAMEWORKS
+from densenet_spec.errors import DenseNetError
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="densenet-parity",
+        description="Load equal weights into every framework, run forward (eval and train mode), "
+        "gradients and SGD steps, and compare each framework with the NumPy oracle and with each other.",
+    )
+    p.add_argument("--preset", default="d2l", help=f"one of: {', '.join(PRESETS)} (default d2l)")
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated (default: all)")
+    p.add_argument("--dtype", default="float64", choices=("float32", "float64"))
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=None, help="default: 96 for d2l, 64 ImageNet, 32 CIFAR")
+    p.add_argument("--device", default="cpu", choices=DEVICES)
+    p.add_argument("--steps", type=int, default=1, help="SGD-momentum steps K (same batches for all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=SGDConfig.lr)
+    p.add_argument("--momentum", type=float, default=SGDConfig.momentum)
+    p.add_argument("--weight-decay", type=float, default=SGDConfig.weight_decay)
+    p.add_argument("--quantities", default=",".join(QUANTITIES), help="subset of eval,train,grad,step")
+    p.add_argument("--memory-efficient", action="store_true", help="checkpointed dense layers")
+    p.add_argument("--json", type=Path, help="write every comparison with its error and bound here")
+    p.add_argument("--no-setup", action="store_true", help="do not build missing environments")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    from densenet_spec import report
+
+    console = report.console()
+    try:
+        config = get_preset(args.preset)
+        frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+        unknown = [f for f in frameworks if f not in FRAMEWORKS]
+        if unknown:
+            raise DenseNetError(f"unknown frameworks {unknown}; known: {', '.join(FRAMEWORKS)}")
+        quantities = tuple(q.strip() for q in args.quantities.split(",") if q.strip())
+        bad = [q for q in quantities if q not in QUANTITIES]
+        if bad:
+            raise DenseNetError(f"unknown quantities {bad}; known: {', '.join(QUANTITIES)}")
+        if args.batch < 1 or args.steps < 0:
+            raise DenseNetError("--batch must be >= 1 and --steps >= 0")
+        from densenet_spec.harness import default_image_size, run_parity
+
+        size = args.image_size or default_image_size(config)
+        case = make_case(
+            config,
+            batch=args.batch,
+            image_size=size,
+            dtype=args.dtype,
+            device=args.device,
+            seed=args.seed,
+            steps=args.steps,
+            quantities=quantities,
+            sgd=SGDConfig(args.lr, args.momentum, args.weight_decay),
+            memory_efficient=args.memory_efficient,
+        )
+    except DenseNetError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        return 2
+    command = "densenet-parity " + " ".join(shlex.quote(a) for a in argv)
+    result = run_parity(
+        case, frameworks, setup=not args.no_setup, log=report.logger(console), command=command
+    )
+    report.print_report(result, console)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.to_json(), indent=1))
+        console.print(f"JSON report: {args.json}")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

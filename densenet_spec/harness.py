@@ -1,0 +1,234 @@
+"""The cross-framework parity run: one case, every framework in its own environment, the oracle.
+
+Each framework's worker runs as a subprocess of that framework's environment's Python and answers
+with a results file; nothing here imports a framework. Every framework is compared with the NumPy
+oracle and with every other framework (pairwise); a framework that fails to run is reported with the
+tail of its stderr while the others are still compared.
+"""
+
+from __future__ import annotations
+
+import itertools
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from densenet_spec import envs, reference
+from densenet_spec.case import Case, make_case, read_results, result_keys, write_case
+from densenet_spec.compare import Comparison, compare, rel_errors
+from densenet_spec.params import stage_names, trainable_names
+from densenet_spec.tolerances import family
+
+ORACLE = "oracle"
+WORKER_TIMEOUT_S = 1800
+
+
+@dataclass
+class FrameworkRun:
+    name: str
+    ok: bool
+    info: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+    error: str = ""  # why it did not run: the worker's stderr tail, or the setup error
+
+
+@dataclass
+class PairReport:
+    a: str
+    b: str  # ORACLE or a framework; b is the reference when it is the oracle
+    comparisons: list[Comparison]
+    stages: list = field(default_factory=list, repr=False)  # forward order, for first_divergence
+    params: list = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.comparisons)
+
+    def first_divergence(self) -> dict[str, str]:
+        """Where the pair parts: the first failing forward stage (in forward order) and, for
+        gradients, the last failing parameter in forward order (the first one backward reaches)."""
+        failing = {c.key for c in self.comparisons if not c.ok}
+        out = {}
+        for mode in ("eval", "train"):
+            hit = next((s for s in self.stages if f"{mode}/{s}" in failing), None)
+            if hit:
+                out[mode] = hit
+        grads = [n for n in self.params if f"train_grad/{n}" in failing]
+        if grads:
+            out["train_grad"] = grads[-1]
+        return out
+
+
+@dataclass
+class ParityReport:
+    case: Case
+    runs: dict[str, FrameworkRun]
+    pairs: list[PairReport]
+    oracle_seconds: float
+    command: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.runs.values()) and all(p.ok for p in self.pairs)
+
+    def to_json(self) -> dict:
+        c = self.case
+        return {
+            "ok": self.ok,
+            "command": self.command,
+            "case": {
+                "config": c.config.to_dict(),
+                "dtype": c.dtype,
+                "device": c.device,
+                "batch": int(c.x.shape[0]),
+                "image_size": list(c.x.shape[2:]),
+                "steps": c.steps,
+                "sgd": vars(c.sgd),
+                "quantities": list(c.quantities),
+            },
+            "frameworks": {
+                n: {"ok": r.ok, "info": r.info, "error": r.error} for n, r in self.runs.items()
+            },
+            "oracle_seconds": round(self.oracle_seconds, 3),
+            "pairs": [
+                {
+                    "a": p.a,
+                    "b": p.b,
+                    "ok": p.ok,
+                    "first_divergence": p.first_divergence(),
+                    "comparisons": [
+                        {"key": x.key, "error": x.error, "bound": x.bound, "ok": x.ok}
+                        for x in p.comparisons
+                    ],
+                }
+                for p in self.pairs
+            ],
+        }
+
+
+def run_worker(framework: str, case_dir: Path, setup: bool = True, log=print) -> FrameworkRun:
+    """Run one framework's worker in its own environment; never raises for a worker failure."""
+    try:
+        python = envs.ensure_env(framework, log) if setup else envs.env_python(framework)
+        if not Path(python).exists():
+            return FrameworkRun(framework, False, error=f"no {framework} environment at {python}")
+    except Exception as e:  # a broken environment is reported, the other frameworks still run
+        return FrameworkRun(framework, False, error=str(e))
+    out = case_dir / f"result-{framework}.safetensors"
+    cmd = [str(python), "-m", "densenet_spec.worker", framework, str(case_dir), str(out)]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=envs.worker_env(framework), timeout=WORKER_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return FrameworkRun(framework, False, error=f"worker timed out after {WORKER_TIMEOUT_S} s")
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        return FrameworkRun(framework, False, error=f"worker exited {proc.returncode}:\n{tail}")
+    results, info = read_results(out)
+    return FrameworkRun(framework, True, info=info, results=results)
+
+
+def oracle_results(case: Case) -> tuple[dict, dict | None, float]:
+    """The oracle in float64 (the truth) and, for float32 cases, the oracle's own float32 errors,
+    from which float32 bounds are derived (tolerances.py)."""
+    start = time.perf_counter()
+    case64 = _as_dtype(case, "float64")
+    truth, _ = reference.run_case(case64)
+    float32_errors = None
+    if case.dtype == "float32":
+        ours32, _ = reference.run_case(case)
+        float32_errors = rel_errors(ours32, truth)
+    return truth, float32_errors, time.perf_counter() - start
+
+
+def _as_dtype(case: Case, dtype: str) -> Case:
+    if case.dtype == dtype:
+        return case
+    import dataclasses
+
+    return dataclasses.replace(
+        case,
+        params={k: v.astype(dtype) for k, v in case.params.items()},
+        x=case.x.astype(dtype),
+        step_x=case.step_x.astype(dtype),
+        dtype=dtype,
+    )
+
+
+def run_parity(
+    case: Case,
+    frameworks,
+    *,
+    workdir: Path | None = None,
+    setup: bool = True,
+    log=print,
+    command: str = "",
+) -> ParityReport:
+    frameworks = list(dict.fromkeys(frameworks))
+    unknown = [f for f in frameworks if f not in envs.FRAMEWORKS]
+    if unknown:
+        raise ValueError(f"unknown frameworks {unknown}; known: {', '.join(envs.FRAMEWORKS)}")
+    with tempfile.TemporaryDirectory(prefix="densenet-parity-") as tmp:
+        case_dir = write_case(case, Path(workdir or tmp) / "case")
+        runs = {}
+        for fw in frameworks:
+            log(f"running {fw} worker ({case.dtype}, {case.device})")
+            runs[fw] = run_worker(fw, case_dir, setup, log)
+            status = f"done in {runs[fw].info.get('seconds', '?')} s" if runs[fw].ok else "FAILED"
+            log(f"{fw}: {status}")
+    log("running the NumPy oracle")
+    truth, float32_errors, oracle_s = oracle_results(case)
+    stages, params = stage_names(case.config), trainable_names(case.config)
+    keys = result_keys(case)
+    truth = {k: truth[k] for k in keys}
+    pairs = []
+    for fw, run in runs.items():
+        if run.ok:
+            pairs.append(PairReport(fw, ORACLE, compare(run.results, truth, case.dtype, float32_errors), stages, params))
+    for a, b in itertools.combinations([f for f in frameworks if runs[f].ok], 2):
+        comps = compare(runs[a].results, runs[b].results, case.dtype, float32_errors, symmetric=True)
+        pairs.append(PairReport(a, b, comps, stages, params))
+    return ParityReport(case, runs, pairs, oracle_s, command)
+
+
+def default_image_size(config) -> int:
+    """The d2l chapter trains on 96x96; other presets use a size that keeps the oracle quick."""
+    if config.stem == "cifar":
+        return 32
+    return 96 if config.in_channels == 1 else 64
+
+
+def family_table(report: ParityReport) -> list[dict]:
+    """One row per (pair, quantity family): worst error, its key, the bound, pass/fail."""
+    rows = []
+    for p in report.pairs:
+        by_family: dict[str, list[Comparison]] = {}
+        for c in p.comparisons:
+            by_family.setdefault(family(c.key), []).append(c)
+        for fam, comps in by_family.items():
+            worst = max(comps, key=lambda c: c.error / c.bound if c.bound else np.inf)
+            rows.append(
+                {
+                    "pair": f"{p.a} vs {p.b}",
+                    "quantity": fam,
+                    "error": worst.error,
+                    "bound": worst.bound,
+                    "worst_key": worst.key,
+                    "n": len(comps),
+                    "failed": sum(not c.ok for c in comps),
+                }
+            )
+    return rows
+
+
+def environment_summary() -> dict:
+    return {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
+
+
+__all__ = ["run_parity", "make_case", "ParityReport", "FrameworkRun", "family_table", "default_image_size"]

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Set up and run the project with nothing but Python 3.11 and pip.
+
+    python3 dev.py parity [densenet-parity options]   build the environments, run the parity report
+    python3 dev.py test [pytest options]              build the environments, run the whole test suite
+    python3 dev.py bench [densenet-bench options]     build the environments, run the benchmarks
+    python3 dev.py envs [spec torch jax tf mx]        only build (or reuse) environments
+
+Each framework gets its own virtual environment under .venvs/ (MXNet 1.9.1 needs numpy<1.24, JAX and
+TensorFlow need numpy 2), created from requirements/<name>.txt and reused until that file changes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from densenet_spec import envs  # noqa: E402  (standard library only)
+
+# Which environment runs which tests: framework tests import their framework, the spec and
+# cross-framework tests run in the framework-free spec environment and start workers.
+SUITES = {
+    "spec": ["tests/spec", "tests/parity"],
+    "torch": ["tests/torch"],
+    "jax": ["tests/jax"],
+    "tf": ["tests/tf"],
+    "mx": ["tests/mx"],
+}
+
+
+def _run(python, args, env_name):
+    return subprocess.call([str(python), *args], cwd=ROOT, env=envs.worker_env(env_name))
+
+
+def parity(argv) -> int:
+    python = envs.ensure_env("spec")
+    if not argv:
+        argv = ["--preset", "d2l", "--json", "reports/parity-d2l.json"]
+    frameworks = envs.FRAMEWORKS
+    for i, a in enumerate(argv):
+        if a == "--frameworks" and i + 1 < len(argv):
+            frameworks = [f for f in argv[i + 1].split(",") if f in envs.FRAMEWORKS]
+        elif a.startswith("--frameworks="):
+            frameworks = [f for f in a.split("=", 1)[1].split(",") if f in envs.FRAMEWORKS]
+    envs.ensure_envs(frameworks)
+    return _run(python, ["-m", "densenet_spec.cli", *argv], "spec")
+
+
+def bench(argv) -> int:
+    python = envs.ensure_env("spec")
+    return _run(python, ["-m", "benchmarks.cli", *argv], "spec")
+
+
+def _junit_counts(path: Path) -> dict:
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    if not path.exists():
+        return counts
+    root = ET.parse(path).getroot()
+    for suite in root.iter("testsuite"):
+        tests = int(suite.get("tests", 0))
+        failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        skipped = int(suite.get("skipped", 0))
+        counts["failed"] += failed
+        counts["skipped"] += skipped
+        counts["passed"] += tests - failed - skipped
+    return counts
+
+
+def test(argv) -> int:
+    start = time.time()
+    pythons = envs.ensure_envs(SUITES)
+    print(f"[dev] environments ready in {time.time() - start:.0f} s", flush=True)
+    totals = {"passed": 0, "failed": 0, "skipped": 0}
+    broken = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, paths in SUITES.items():
+            paths = [p for p in paths if (ROOT / p).exists()]
+            if not paths:
+                broken.append(f"{name}: no test folder")
+                continue
+            xml = Path(tmp) / f"{name}.xml"
+            t0 = time.time()
+            print(f"\n[dev] ===== {name} tests ({', '.join(paths)}) in .venvs/{name} =====", flush=True)
+            rc = _run(pythons[name], ["-m", "pytest", "-q", f"--junitxml={xml}", *paths, *argv], name)
+            counts = _junit_counts(xml)
+            print(f"[dev] {name}: {counts} in {time.time() - t0:.0f} s (exit {rc})", flush=True)
+            for k in totals:
+                totals[k] += counts[k]
+            if rc != 0:
+                broken.append(f"{name}: pytest exit {rc}")
+    print(f"\n[dev] whole suite took {time.time() - start:.0f} s")
+    if broken:
+        print("[dev] failing suites: " + "; ".join(broken))
+    print(f"total: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
+    return 1 if broken or totals["failed"] else 0
+
+
+def main(argv) -> int:
+    if not argv or argv[0] not in ("parity", "test", "bench", "envs"):
+        print(__doc__)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "envs":
+        envs.ensure_envs(rest or envs.ENVIRONMENTS)
+        return 0
+    return {"parity": parity, "test": test, "bench": bench}[command](rest)
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.exit(main(sys.argv[1:]))
