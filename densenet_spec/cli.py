@@ -34,6 +34,7 @@ def parse_args(argv):
     p.add_argument("--quantities", default=",".join(QUANTITIES), help="subset of eval,train,grad,step")
     p.add_argument("--memory-efficient", action="store_true", help="checkpointed dense layers")
     p.add_argument("--json", type=Path, help="write every comparison with its error and bound here")
+    p.add_argument("--report", type=Path, help="write parity.md, parity.html (heatmap) and parity.json here")
     p.add_argument("--no-setup", action="store_true", help="do not build missing environments")
     return p.parse_args(argv)
 
@@ -83,6 +84,11 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result.to_json(), indent=1))
         console.print(f"JSON report: {args.json}")
+    if args.report:
+        from densenet_spec.report_files import write_report
+
+        paths = write_report(result, args.report)
+        console.print(f"report: {paths['html']} (and {paths['markdown'].name}, {paths['json'].name})")
     return 0 if result.ok else 1
 
 

@@ -10,6 +10,7 @@ from densenet_spec.tolerances import (
     FLOAT32_FLOOR,
     FLOAT32_SAFETY,
     FLOAT64,
+    GRAD_FLOOR,
     family,
     is_exact_zero,
 )
@@ -38,7 +39,8 @@ def rel_errors(a: dict, b: dict, *, symmetric: bool = False) -> dict[str, float]
     """max|a-b| / max|b| per key common to both (b the reference).
 
     symmetric=True divides by max(max|a|, max|b|) instead, for framework pairs where neither is
-    the reference. Exactly-zero keys divide by their family's largest value (tolerances.py).
+    the reference. Exactly-zero keys divide by their family's largest value, other gradients by at
+    least GRAD_FLOOR times it (tolerances.py).
     """
     scales_b = family_scales(b)
     scales = {f: max(s, family_scales(a).get(f, 0.0)) for f, s in scales_b.items()} if symmetric else scales_b
@@ -57,6 +59,8 @@ def rel_errors(a: dict, b: dict, *, symmetric: bool = False) -> dict[str, float]
             denom = float(np.max(np.abs(y))) if y.size else 0.0
             if symmetric:
                 denom = max(denom, float(np.max(np.abs(x))) if x.size else 0.0)
+            if family(k).endswith("_grad"):
+                denom = max(denom, GRAD_FLOOR * scales[family(k)])
         out[k] = diff / denom if denom > 0 else (0.0 if diff == 0 else float("inf"))
     return out
 

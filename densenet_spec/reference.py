@@ -1,0 +1,449 @@
+"""The NumPy oracle: DenseNet forward, hand-written backward and SGD, in plain NumPy.
+
+Every framework is checked against this file, so it is written to be read, not to be fast:
+each op returns its output and a closure that maps the output's gradient to the input's,
+and the model is those ops composed in the order of the paper (BN, ReLU, conv).
+
+It computes in the dtype of its input (float64 normally). In float32 every op stays in
+float32 (no internal upcast), because the harness derives its float32 bounds from this
+file's own float32 rounding error (tolerances.py). Python scalars are used for constants
+so that NumPy 2's promotion rules (NEP 50) cannot silently promote to float64 either.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from densenet_spec.config import DenseNetConfig, check_input_shape
+from densenet_spec.params import param_specs, trainable_names
+from densenet_spec.weightfile import check_tensors
+
+# ----------------------------------------------------------------------------------------
+# Ops. Each returns (output, backward); backward(grad_output) returns grad_input (and the
+# parameter gradients, for ops that have parameters). Layout is NCHW throughout.
+
+
+def _windows(xp: np.ndarray, k: int, stride: int) -> np.ndarray:
+    """(N, C, Ho, Wo, k, k) view of every k x k window of an already padded input."""
+    return sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+
+
+def _pad(x: np.ndarray, pad: int, value: float = 0.0) -> np.ndarray:
+    """Symmetric spatial padding, the same on every side (never TF's 'same')."""
+    if pad == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=value)
+
+
+def _conv2d(x, w, b, stride: int, pad: int):
+    """Cross-correlation with an OIHW kernel, as every framework's conv layer computes it."""
+    k = w.shape[2]
+    xp = _pad(x, pad)
+    cols = _windows(xp, k, stride)  # (N, C, Ho, Wo, k, k)
+    out = np.tensordot(cols, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    if b is not None:
+        out = out + b[None, :, None, None]
+    out = np.ascontiguousarray(out)
+
+    def backward(g):
+        gw = np.tensordot(g, cols, axes=([0, 2, 3], [0, 2, 3]))  # (O, C, k, k)
+        gb = None if b is None else g.sum(axis=(0, 2, 3))
+        # Each kernel offset (i, j) sent w[:, :, i, j] @ x over a strided grid of the padded
+        # input; send the gradient back the same way, one offset at a time.
+        gcols = np.tensordot(g, w, axes=([1], [0]))  # (N, Ho, Wo, C, k, k)
+        gxp = np.zeros(xp.shape, dtype=g.dtype)
+        ho, wo = g.shape[2], g.shape[3]
+        for i in range(k):
+            for j in range(k):
+                hs = slice(i, i + stride * (ho - 1) + 1, stride)
+                ws = slice(j, j + stride * (wo - 1) + 1, stride)
+                gxp[:, :, hs, ws] += gcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+        gx = gxp[:, :, pad : pad + x.shape[2], pad : pad + x.shape[3]] if pad else gxp
+        return np.ascontiguousarray(gx), gw, gb
+
+    return out, backward
+
+
+def _batch_norm(x, mean, var, gamma, beta, eps: float, batch_stats: bool):
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta, per channel.
+
+    With batch_stats, mean and var are this batch's (biased) statistics, so they depend on x
+    and the backward pass carries the two extra terms through them.
+    """
+    inv_std = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mean[None, :, None, None]) * inv_std[None, :, None, None]
+    out = xhat * gamma[None, :, None, None] + beta[None, :, None, None]
+
+    def backward(g):
+        ggamma = (g * xhat).sum(axis=(0, 2, 3))
+        gbeta = g.sum(axis=(0, 2, 3))
+        gxhat = g * gamma[None, :, None, None]
+        if batch_stats:
+            gxhat = (
+                gxhat
+                - gxhat.mean(axis=(0, 2, 3), keepdims=True)
+                - xhat * (gxhat * xhat).mean(axis=(0, 2, 3), keepdims=True)
+            )
+        return gxhat * inv_std[None, :, None, None], ggamma, gbeta
+
+    return out, backward
+
+
+def _relu(x):
+    mask = x > 0  # the derivative at exactly 0 is taken as 0, as every framework does
+    return np.maximum(x, 0), lambda g: g * mask
+
+
+def _max_pool(x):
+    """3x3 max-pool, stride 2, pad 1 with -inf (padding never wins).
+
+    Backward routes each gradient to its window's maximum; on ties to the first maximum in
+    window order (row-major), as argmax picks it.
+    """
+    xp = _pad(x, 1, -np.inf)
+    cols = _windows(xp, 3, 2)
+    n, c, ho, wo = cols.shape[:4]
+    flat = cols.reshape(n, c, ho, wo, 9)
+    arg = flat.argmax(axis=-1)
+    out = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+
+    def backward(g):
+        gxp = np.zeros(xp.shape, dtype=g.dtype)
+        for idx in range(9):
+            i, j = divmod(idx, 3)
+            gxp[:, :, i : i + 2 * ho - 1 : 2, j : j + 2 * wo - 1 : 2] += g * (arg == idx)
+        return np.ascontiguousarray(gxp[:, :, 1 : 1 + x.shape[2], 1 : 1 + x.shape[3]])
+
+    return out, backward
+
+
+def _avg_pool(x):
+    """2x2 average pool, stride 2, no padding; an odd last row or column is dropped (floor)."""
+    n, c, h, w = x.shape
+    ho, wo = h // 2, w // 2
+    out = x[:, :, : 2 * ho, : 2 * wo].reshape(n, c, ho, 2, wo, 2).mean(axis=(3, 5))
+
+    def backward(g):
+        gx = np.zeros(x.shape, dtype=g.dtype)
+        gx[:, :, : 2 * ho, : 2 * wo] = np.repeat(np.repeat(g, 2, axis=2), 2, axis=3) * 0.25
+        return gx
+
+    return out, backward
+
+
+def _global_avg_pool(x):
+    n, c, h, w = x.shape
+
+    def backward(g):
+        return np.ascontiguousarray(np.broadcast_to((g / (h * w))[:, :, None, None], x.shape))
+
+    return x.mean(axis=(2, 3)), backward
+
+
+def _linear(x, w, b):
+    """y = x @ W^T + b with W of shape (out, in)."""
+
+    def backward(g):
+        return g @ w, g.T @ x, g.sum(axis=0)
+
+    return x @ w.T + b, backward
+
+
+def _log_softmax(logits):
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def loss(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean cross-entropy over the batch, through a max-shifted (stable) log-softmax."""
+    logp = _log_softmax(logits)
+    return -logp[np.arange(len(y)), y].mean()
+
+
+def _loss_and_grad(logits, y):
+    logp = _log_softmax(logits)
+    n = len(y)
+    g = np.exp(logp)
+    g[np.arange(n), y] -= 1
+    return -logp[np.arange(n), y].mean(), g / n
+
+
+# ----------------------------------------------------------------------------------------
+# Layers. A _Pass carries the weights and the mode through one forward pass and collects
+# what it produces besides features: updated BN running statistics and, in backward, the
+# parameter gradients under their canonical names.
+
+
+class _Pass:
+    def __init__(self, params: dict, config: DenseNetConfig, training: bool):
+        self.params, self.config, self.training = params, config, training
+        self.running: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+
+
+def _seq(x, *layers):
+    """Apply layers in order; the backward applies their backwards in reverse."""
+    backs = []
+    for layer in layers:
+        x, back = layer(x)
+        backs.append(back)
+
+    def backward(g):
+        for back in reversed(backs):
+            g = back(g)
+        return g
+
+    return x, backward
+
+
+def _norm(ps: _Pass, name: str, x):
+    """BatchNorm: batch statistics in train mode (and a running-stat update), else running."""
+    c = ps.config
+    p = ps.params
+    mean, var = p[f"{name}.running_mean"], p[f"{name}.running_var"]
+    if ps.training:
+        batch_mean = x.mean(axis=(0, 2, 3))
+        batch_var = ((x - batch_mean[None, :, None, None]) ** 2).mean(axis=(0, 2, 3))
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        stat_var = batch_var * (n / (n - 1)) if c.bn_running_var == "unbiased" else batch_var
+        m = c.bn_momentum
+        ps.running[f"{name}.running_mean"] = (1 - m) * mean + m * batch_mean
+        ps.running[f"{name}.running_var"] = (1 - m) * var + m * stat_var
+        mean, var = batch_mean, batch_var
+    else:
+        ps.running[f"{name}.running_mean"] = mean.copy()
+        ps.running[f"{name}.running_var"] = var.copy()
+    out, back = _batch_norm(
+        x, mean, var, p[f"{name}.weight"], p[f"{name}.bias"], c.bn_eps, ps.training
+    )
+
+    def backward(g):
+        gx, ps.grads[f"{name}.weight"], ps.grads[f"{name}.bias"] = back(g)
+        return gx
+
+    return out, backward
+
+
+def _conv(ps: _Pass, name: str, x, stride: int = 1, pad: int = 0):
+    out, back = _conv2d(x, ps.params[f"{name}.weight"], ps.params.get(f"{name}.bias"), stride, pad)
+
+    def backward(g):
+        gx, gw, gb = back(g)
+        ps.grads[f"{name}.weight"] = gw
+        if gb is not None:
+            ps.grads[f"{name}.bias"] = gb
+        return gx
+
+    return out, backward
+
+
+def _fc(ps: _Pass, name: str, x):
+    out, back = _linear(x, ps.params[f"{name}.weight"], ps.params[f"{name}.bias"])
+
+    def backward(g):
+        gx, ps.grads[f"{name}.weight"], ps.grads[f"{name}.bias"] = back(g)
+        return gx
+
+    return out, backward
+
+
+def _stem(ps: _Pass, x):
+    if ps.config.stem == "cifar":
+        return _conv(ps, "stem.conv", x, stride=1, pad=1)
+    return _seq(
+        x,
+        partial(_conv, ps, "stem.conv", stride=2, pad=3),
+        partial(_norm, ps, "stem.norm"),
+        _relu,
+        _max_pool,
+    )
+
+
+def _conv_block(ps: _Pass, prefix: str, x):
+    """d2l's conv_block: BN, ReLU, 3x3 conv (pad 1) to growth_rate channels."""
+    return _seq(
+        x,
+        partial(_norm, ps, f"{prefix}.norm"),
+        _relu,
+        partial(_conv, ps, f"{prefix}.conv", stride=1, pad=1),
+    )
+
+
+def _bottleneck_block(ps: _Pass, prefix: str, x):
+    """DenseNet-B layer: BN, ReLU, 1x1 conv to bn_size * k, BN, ReLU, 3x3 conv to k."""
+    return _seq(
+        x,
+        partial(_norm, ps, f"{prefix}.norm1"),
+        _relu,
+        partial(_conv, ps, f"{prefix}.conv1"),
+        partial(_norm, ps, f"{prefix}.norm2"),
+        _relu,
+        partial(_conv, ps, f"{prefix}.conv2", stride=1, pad=1),
+    )
+
+
+def _dense_block(ps: _Pass, i: int, x, features: dict):
+    """y = layer(x); x = concat([x, y]): each layer sees every earlier feature map."""
+    layer_fn = _conv_block if ps.config.bn_size is None else _bottleneck_block
+    backs = []
+    for j in range(ps.config.block_config[i]):
+        y, back = layer_fn(ps, f"blocks.{i}.layers.{j}", x)
+        features[f"blocks.{i}.layers.{j}"] = y
+        backs.append((x.shape[1], back))
+        x = np.concatenate([x, y], axis=1)
+
+    def backward(g):
+        # The concatenation's gradient splits by channel: the first c channels go straight
+        # back to x, the last k go through the layer that made them and add to x's.
+        for c, back in reversed(backs):
+            g = g[:, :c] + back(g[:, c:])
+        return g
+
+    return x, backward
+
+
+def _transition(ps: _Pass, i: int, x):
+    """BN, ReLU, 1x1 conv (compression theta), 2x2 average pool: halves H and W."""
+    return _seq(
+        x,
+        partial(_norm, ps, f"transitions.{i}.norm"),
+        _relu,
+        partial(_conv, ps, f"transitions.{i}.conv"),
+        _avg_pool,
+    )
+
+
+def _network(ps: _Pass, x):
+    """Forward through stem, blocks, transitions and head; returns (features, backward)."""
+    features: dict[str, np.ndarray] = {}
+    x, back = _stem(ps, x)
+    features["stem"] = x
+    backs = [back]
+    num_blocks = len(ps.config.block_config)
+    for i in range(num_blocks):
+        x, back = _dense_block(ps, i, x, features)
+        features[f"blocks.{i}"] = x
+        backs.append(back)
+        if i < num_blocks - 1:
+            x, back = _transition(ps, i, x)
+            features[f"transitions.{i}"] = x
+            backs.append(back)
+    x, back = _seq(x, partial(_norm, ps, "head.norm"), _relu, _global_avg_pool)
+    features["head"] = x
+    backs.append(back)
+    x, back = _fc(ps, "head.fc", x)
+    features["logits"] = x
+    backs.append(back)
+
+    def backward(g):
+        for back in reversed(backs):
+            g = back(g)
+        return g
+
+    return features, backward
+
+
+def _start(params: dict, config: DenseNetConfig, x: np.ndarray, training: bool):
+    """Validate like every framework's edge does, then run the forward pass."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"the oracle computes in float32 or float64, got input dtype {x.dtype}")
+    check_input_shape(config, x.shape, "NCHW", training=training)
+    check_tensors(params, config, x.dtype.name)
+    ps = _Pass(params, config, training)
+    features, backward = _network(ps, x)
+    return ps, features, backward
+
+
+def _forward_backward(params, config, x, y, training):
+    ps, features, backward = _start(params, config, x, training)
+    value, g = _loss_and_grad(features["logits"], np.asarray(y))
+    grad_x = backward(g)
+    grads = {name: ps.grads[name] for name in trainable_names(config)}
+    return features, ps.running, value, grad_x, grads
+
+
+# ----------------------------------------------------------------------------------------
+# Public API
+
+
+def forward_features(params: dict, config: DenseNetConfig, x: np.ndarray, training: bool):
+    """Per-stage outputs keyed by params.stage_names(config), and the BN running statistics.
+
+    Train mode normalises with batch statistics and returns every running_mean/running_var
+    updated once by the config's rule; eval mode uses them and returns them unchanged.
+    """
+    ps, features, _ = _start(params, config, x, training)
+    return features, ps.running
+
+
+def gradients(params: dict, config: DenseNetConfig, x: np.ndarray, y: np.ndarray, training: bool):
+    """(loss, d loss / d x, {trainable name: d loss / d param}) by a hand-written backward.
+
+    No autodiff library: the oracle must not share a gradient engine with what it checks.
+    """
+    _, _, value, grad_x, grads = _forward_backward(params, config, x, y, training)
+    return value, grad_x, grads
+
+
+def sgd_step(params: dict, grads: dict, buffers: dict | None, sgd):
+    """One step of the spec's SGD (case.SGDConfig): coupled L2 decay, momentum, constant lr.
+
+    buf = momentum * buf + (grad + weight_decay * param); param -= lr * buf. Buffers start at
+    zero; tensors without a gradient (BN running statistics) are carried over unchanged.
+    """
+    buffers = buffers or {}
+    new_params, new_buffers = dict(params), {}
+    for name, grad in grads.items():
+        param = params[name]
+        buf = buffers.get(name, np.zeros_like(param))
+        buf = sgd.momentum * buf + (grad + sgd.weight_decay * param)
+        new_params[name] = param - sgd.lr * buf
+        new_buffers[name] = buf
+    return new_params, new_buffers
+
+
+def run_case(case):
+    """The oracle as a worker: every key of case.result_keys(case), computed on the CPU.
+
+    Train-mode outputs, gradients and the optimizer steps each start from case.params, so
+    the running statistics of one never leak into another.
+    """
+    from densenet_spec.case import result_keys
+
+    config, dtype, q = case.config, np.dtype(case.dtype), case.quantities
+    params = case.params
+    x, y = np.asarray(case.x), np.asarray(case.y)
+    if x.dtype != dtype:
+        raise ValueError(f"case inputs are {x.dtype}, the case asks for {dtype.name}")
+    out: dict[str, np.ndarray] = {}
+
+    for mode, training in (("eval", False), ("train", True)):
+        if "grad" in q:
+            features, _, value, grad_x, grads = _forward_backward(params, config, x, y, training)
+            out[f"{mode}_grad/input"] = grad_x
+            if training:
+                out.update({f"train_grad/{n}": g for n, g in grads.items()})
+        elif mode in q:
+            features, _ = forward_features(params, config, x, training)
+            value = loss(features["logits"], y)
+        else:
+            continue
+        out.update({f"{mode}/{s}": v for s, v in features.items()})
+        out[f"loss/{mode}"] = np.reshape(value, (1,))
+
+    if "step" in q:
+        state, buffers = dict(params), {}
+        for k in range(case.steps):
+            _, running, _, _, grads = _forward_backward(
+                state, config, case.step_x[k], case.step_y[k], True
+            )
+            state, buffers = sgd_step(state, grads, buffers, case.sgd)
+            state.update(running)
+        out.update({f"step/{s.name}": state[s.name] for s in param_specs(config)})
+
+    results = {k: np.ascontiguousarray(out[k], dtype=dtype) for k in result_keys(case)}
+    return results, {"numpy": np.__version__, "device": "cpu", "dtype": case.dtype}

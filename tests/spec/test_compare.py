@@ -1,0 +1,49 @@
+"""The error measure and the bound table: the rules every parity verdict rests on."""
+
+import numpy as np
+import pytest
+
+from densenet_spec.compare import assert_close, bounds_for, compare, rel_errors
+from densenet_spec.tolerances import FLOAT32_FLOOR, FLOAT32_SAFETY, FLOAT64, GRAD_FLOOR
+
+
+def test_relative_max_error_is_against_the_reference():
+    a, b = {"eval/stem": np.array([1.0, 2.0])}, {"eval/stem": np.array([1.0, 4.0])}
+    assert rel_errors(a, b)["eval/stem"] == pytest.approx(2.0 / 4.0)
+    assert rel_errors(b, a)["eval/stem"] == pytest.approx(2.0 / 2.0)
+    assert rel_errors(b, a, symmetric=True)["eval/stem"] == pytest.approx(2.0 / 4.0)
+
+
+def test_exact_zero_conv_bias_gradients_use_the_family_scale():
+    ref = {"train_grad/blocks.0.layers.0.conv.bias": np.array([1e-18]), "train_grad/head.fc.weight": np.array([0.5])}
+    got = {"train_grad/blocks.0.layers.0.conv.bias": np.array([-3e-18]), "train_grad/head.fc.weight": np.array([0.5])}
+    err = rel_errors(got, ref)
+    assert err["train_grad/blocks.0.layers.0.conv.bias"] == pytest.approx(4e-18 / 0.5)
+
+
+def test_small_gradients_are_floored_but_large_ones_are_not():
+    ref = {"train_grad/stem.norm.bias": np.array([1e-9]), "train_grad/head.fc.weight": np.array([1.0])}
+    got = {"train_grad/stem.norm.bias": np.array([2e-9]), "train_grad/head.fc.weight": np.array([1.0 + 1e-8])}
+    err = rel_errors(got, ref)
+    assert err["train_grad/stem.norm.bias"] == pytest.approx(1e-9 / GRAD_FLOOR)
+    assert err["train_grad/head.fc.weight"] == pytest.approx(1e-8)
+    # features are never floored: a tiny stage output is held to its own scale
+    assert rel_errors({"eval/stem": np.array([2e-9])}, {"eval/stem": np.array([1e-9])})["eval/stem"] == 1.0
+
+
+def test_shape_mismatch_and_missing_keys_fail():
+    ref = {"eval/logits": np.zeros((2, 3)) + 1, "eval/head": np.ones((2, 4))}
+    comps = {c.key: c for c in compare({"eval/logits": np.ones((3, 2))}, ref, "float64")}
+    assert not comps["eval/logits"].ok and not comps["eval/head"].ok
+    with pytest.raises(AssertionError, match="eval/head"):
+        assert_close({"eval/logits": np.ones((2, 3))}, ref, "float64")
+
+
+def test_bounds_float64_table_and_float32_derivation():
+    keys = ["eval/stem", "train_grad/head.fc.weight", "step/head.fc.bias"]
+    assert bounds_for(keys, "float64") == {k: FLOAT64[k.split("/")[0]] for k in keys}
+    derived = bounds_for(keys, "float32", {"eval/stem": 1e-9, "train_grad/head.fc.weight": 1e-3})
+    assert derived["eval/stem"] == FLOAT32_FLOOR["eval"]  # floor wins over 16 x 1e-9
+    assert derived["train_grad/head.fc.weight"] == pytest.approx(FLOAT32_SAFETY * 1e-3)
+    with pytest.raises(ValueError, match="derived"):
+        bounds_for(keys, "float32")
