@@ -20,7 +20,7 @@ import numpy as np
 
 from densenet_spec import envs, reference
 from densenet_spec.case import Case, make_case, read_results, result_keys, write_case
-from densenet_spec.compare import Comparison, compare, rel_errors
+from densenet_spec.compare import Comparison, compare, float32_step_allowance, rel_errors
 from densenet_spec.params import stage_names, trainable_names
 from densenet_spec.tolerances import family
 
@@ -187,12 +187,16 @@ def run_parity(
     stages, params = stage_names(case.config), trainable_names(case.config)
     keys = result_keys(case)
     truth = {k: truth[k] for k in keys}
+    allowance = float32_step_allowance(case, truth, float32_errors) if float32_errors else None
     pairs = []
     for fw, run in runs.items():
         if run.ok:
-            pairs.append(PairReport(fw, ORACLE, compare(run.results, truth, case.dtype, float32_errors), stages, params))
+            comps = compare(run.results, truth, case.dtype, float32_errors, allowance=allowance)
+            pairs.append(PairReport(fw, ORACLE, comps, stages, params))
     for a, b in itertools.combinations([f for f in frameworks if runs[f].ok], 2):
-        comps = compare(runs[a].results, runs[b].results, case.dtype, float32_errors, symmetric=True)
+        comps = compare(
+            runs[a].results, runs[b].results, case.dtype, float32_errors, symmetric=True, allowance=allowance
+        )
         pairs.append(PairReport(a, b, comps, stages, params))
     return ParityReport(case, runs, pairs, oracle_s, command)
 

@@ -10,7 +10,12 @@ framework of a pair), computed per tensor. Two exceptions for gradients, both na
   largest). Cancellation makes some gradients nearly zero depending on the data: the stem BN's beta
   when the max-pool passes every value of a channel (the next train-mode BNs cancel the shift),
   its gamma nearly so. Their relative error is rounding noise, not semantics.
-"step/" keys (parameters after an update) are O(1) tensors and compared as they are.
+"step/" keys (parameters after an update) are O(1) tensors and compared as they are, with one
+float32 rule: a parameter whose gradient is exactly zero (conv biases) moves only by weight decay and
+by its gradient's rounding noise, which differs between kernels by orders of magnitude (MXNet's conv
+bias gradient noise is ~50x the oracle's). Its float32 bound adds that noise carried through the
+steps: lr * sum_k (1 - m^k) / (1 - m) * (train_grad bound * largest gradient) / max|param|
+(compare.float32_step_allowance).
 """
 
 from __future__ import annotations

@@ -47,3 +47,21 @@ def test_bounds_float64_table_and_float32_derivation():
     assert derived["train_grad/head.fc.weight"] == pytest.approx(FLOAT32_SAFETY * 1e-3)
     with pytest.raises(ValueError, match="derived"):
         bounds_for(keys, "float32")
+
+
+def test_float32_step_allowance_only_for_exact_zero_gradients():
+    from densenet_spec.case import SGDConfig, make_case
+    from densenet_spec.compare import float32_step_allowance
+    from densenet_spec.config import get_preset
+
+    case = make_case(get_preset("tiny"), dtype="float32", image_size=16, steps=2,
+                     sgd=SGDConfig(lr=0.1, momentum=0.5, weight_decay=0.0))
+    ref = {
+        "train_grad/stem.conv.bias": np.array([0.0, 0.0]),
+        "train_grad/head.fc.weight": np.array([2.0, -1.0]),
+        "step/stem.conv.bias": np.array([0.5, -0.25]),
+    }
+    allow = float32_step_allowance(case, ref, {})
+    assert set(allow) == {"step/stem.conv.bias"}
+    # lr * ((1 - m) + (1 - m^2)) / (1 - m) = 0.1 * (1 + 1.5); gradient noise bound 1e-4 x largest 2.0
+    assert allow["step/stem.conv.bias"] == pytest.approx(0.1 * 2.5 * FLOAT32_FLOOR["train_grad"] * 2.0 / 0.5)

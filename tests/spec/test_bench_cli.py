@@ -1,0 +1,134 @@
+"""densenet-bench: the FLOP count against an independent count, the run plan, and one tiny end-to-end
+run of the CLI for torch (skipped without .venvs/torch). Timings are never asserted."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import cli, flops, report
+from densenet_spec import envs
+from densenet_spec.config import PRESETS, get_preset
+from densenet_spec.errors import DenseNetError
+
+
+def densenet121_macs_by_hand(size: int = 224) -> int:
+    """DenseNet-121 (paper, Table 1) written out layer by layer, nothing from densenet_spec."""
+    macs = 64 * 3 * 7 * 7 * (size // 2) ** 2  # stem conv 7x7/2
+    side, channels = size // 4, 64  # after the 3x3/2 max-pool
+    for i, layers in enumerate((6, 12, 24, 16)):
+        for _ in range(layers):
+            macs += 128 * channels * side**2  # 1x1 conv to 4k = 128
+            macs += 32 * 128 * 9 * side**2  # 3x3 conv to k = 32
+            channels += 32
+        if i < 3:
+            macs += (channels // 2) * channels * side**2  # transition 1x1 conv, theta 0.5
+            channels //= 2
+            side //= 2
+    return macs + 1000 * 1024  # classifier
+
+
+def test_densenet121_forward_is_torchvisions_2_83_gmac():
+    by_hand = densenet121_macs_by_hand()
+    assert flops.forward_macs(PRESETS["densenet121"], 224) == by_hand
+    assert by_hand == pytest.approx(2.83e9, rel=0.01)  # torchvision's published "GFLOPS"
+
+
+def test_densenet121_forward_with_bn_relu_pool_is_2_87_g():
+    # profilers (ptflops) add one op per element for each BN, ReLU and pooling input
+    assert flops.forward_ops(PRESETS["densenet121"], 224) == pytest.approx(2.87e9, rel=0.01)
+
+
+@pytest.mark.parametrize("name, gmac", [("densenet161", 7.73), ("densenet169", 3.36),
+                                        ("densenet201", 4.29)])
+def test_other_imagenet_presets_match_torchvisions_published_cost(name, gmac):
+    assert flops.forward_macs(PRESETS[name], 224) == pytest.approx(gmac * 1e9, rel=0.01)
+
+
+def test_a_train_step_counts_three_forwards():
+    c = PRESETS["tiny"]
+    assert flops.step_flops(c, 32, 4, "train") == 3 * flops.step_flops(c, 32, 4, "infer")
+    assert flops.step_flops(c, 32, 4, "infer") == 2 * 4 * flops.forward_macs(c, 32)
+
+
+def _plan(argv):
+    return cli.plan(cli.parse_args(argv))
+
+
+def test_plan_measures_each_baseline_and_only_the_fast_paths_asked_for():
+    runs, _ = _plan(["--frameworks", "torch,jax", "--fast", "compile", "--mode", "train"])
+    assert [(t.name, r.variant, r.mode) for t, _, r in runs] == [
+        ("torch", "eager", "train"), ("torch", "compile", "train"), ("jax", "jit", "train")
+    ]
+    runs, _ = _plan(["--frameworks", "mx", "--fast", "all", "--batch", "1,8"])
+    assert {(r.variant, r.batch) for _, _, r in runs} == {
+        (v, b) for v in ("imperative", "hybridize") for b in (1, 8)
+    }
+
+
+def test_plan_puts_each_peer_after_ours_and_skips_what_peers_lack():
+    runs, notes = _plan(["--peers", "--preset", "densenet161", "--mode", "infer"])
+    assert [t.name for t, _, _ in runs] == ["torch", "torchvision", "jax", "tf", "mx", "gluon"]
+    assert any("keras-jax" in n for n in notes) and any("keras-tf" in n for n in notes)
+    runs, notes = _plan(["--peers", "--preset", "tiny", "--frameworks", "torch", "--memory-efficient"])
+    assert [t.name for t, _, _ in runs] == ["torch", "torch"]
+    assert all(r.memory_efficient for _, _, r in runs)
+
+
+@pytest.mark.parametrize("argv", [["--frameworks", "caffe"], ["--fast", "turbo"],
+                                  ["--batch", "0"], ["--env", "torch"]])
+def test_plan_rejects_bad_options_by_name(argv):
+    with pytest.raises(DenseNetError):
+        _plan(argv)
+
+
+FIELDS = {
+    "schema", "target", "framework", "implementation", "variant", "preset", "batch", "image_size",
+    "mode", "memory_efficient", "device", "ok", "first_call_s", "compile_s", "median_s", "min_s",
+    "max_s", "times_s", "throughput", "throughput_min", "throughput_max", "rss_setup_mb",
+    "rss_peak_mb", "device_peak_mb", "versions", "threads", "os_threads", "forward_gmac",
+    "achieved_gflops", "peak", "fraction_of_peak", "command", "runner_command", "load_avg_start",
+}
+
+
+@pytest.fixture(scope="module")
+def torch_lines(tmp_path_factory):
+    if not envs.env_python("torch").exists():
+        pytest.skip("no .venvs/torch (python3 dev.py envs torch)")
+    out = tmp_path_factory.mktemp("bench") / "results.jsonl"
+    argv = ["--frameworks", "torch", "--preset", "tiny", "--batch", "2", "--image-size", "32",
+            "--iters", "2", "--warmup", "1", "--json", str(out), "--peak-size", "128", "--no-setup",
+            "--threads", "1"]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.cli", *argv], capture_output=True,
+                          text=True, cwd=envs.ROOT, env=envs.worker_env("spec"), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads(line) for line in out.read_text().splitlines()], argv
+
+
+def test_cli_writes_one_json_line_per_mode_with_every_field(torch_lines):
+    lines, argv = torch_lines
+    assert [(ln["target"], ln["mode"]) for ln in lines] == [("torch", "infer"), ("torch", "train")]
+    for line in lines:
+        assert line["ok"], line.get("error")
+        assert FIELDS <= set(line), FIELDS - set(line)
+        assert line["schema"] == cli.SCHEMA and line["implementation"] == "ours"
+        assert (line["preset"], line["batch"], line["image_size"]) == ("tiny", 2, 32)
+        assert len(line["times_s"]) == 2
+        assert line["min_s"] <= line["median_s"] <= line["max_s"]
+        assert line["throughput"] == pytest.approx(2 / line["median_s"])
+        assert line["rss_peak_mb"] >= line["rss_setup_mb"] > 0
+        assert line["threads"]["intra_op"] == 1
+        assert "torch" in line["versions"]
+        assert line["forward_gmac"] == pytest.approx(flops.forward_macs(get_preset("tiny"), 32) / 1e9)
+        assert line["peak"]["n"] == 128 and line["peak"]["gflops"] > 0
+        assert line["command"] == "densenet-bench " + " ".join(argv)
+        assert "benchmarks.runner" in line["runner_command"]
+
+
+def test_report_writes_markdown_and_a_plot(torch_lines, tmp_path):
+    lines, _ = torch_lines
+    table = report.markdown(lines)
+    assert table.splitlines()[0].startswith("| target |") and table.count("| torch |") == 2
+    report.plot(lines, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
