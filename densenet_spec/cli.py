@@ -12,6 +12,7 @@ from densenet_spec.case import DEVICES, QUANTITIES, SGDConfig, make_case
 from densenet_spec.config import PRESETS, get_preset
 from densenet_spec.envs import FRAMEWORKS
 from densenet_spec.errors import DenseNetError
+from densenet_spec.harness import MUTATIONS
 
 
 def parse_args(argv):
@@ -33,6 +34,14 @@ def parse_args(argv):
     p.add_argument("--weight-decay", type=float, default=SGDConfig.weight_decay)
     p.add_argument("--quantities", default=",".join(QUANTITIES), help="subset of eval,train,grad,step")
     p.add_argument("--memory-efficient", action="store_true", help="checkpointed dense layers")
+    p.add_argument(
+        "--mutate",
+        action="append",
+        default=[],
+        metavar="FRAMEWORK:KIND",
+        help="self-check: perturb one framework (KIND bn_eps or same_padding); the run must then fail "
+        "and name the first diverging stage",
+    )
     p.add_argument("--json", type=Path, help="write every comparison with its error and bound here")
     p.add_argument("--report", type=Path, help="write parity.md, parity.html (heatmap) and parity.json here")
     p.add_argument("--no-setup", action="store_true", help="do not build missing environments")
@@ -55,10 +64,24 @@ def main(argv=None) -> int:
         bad = [q for q in quantities if q not in QUANTITIES]
         if bad:
             raise DenseNetError(f"unknown quantities {bad}; known: {', '.join(QUANTITIES)}")
+        mutations = {}
+        for m in args.mutate:
+            fw, _, kind = m.partition(":")
+            if fw not in frameworks or kind not in MUTATIONS:
+                raise DenseNetError(
+                    f"--mutate {m!r}: expected FRAMEWORK:KIND with FRAMEWORK one of the run's "
+                    "frameworks and KIND bn_eps or same_padding"
+                )
+            mutations[fw] = kind
         if args.batch < 1 or args.steps < 0:
             raise DenseNetError("--batch must be >= 1 and --steps >= 0")
-        from densenet_spec.harness import default_image_size, run_parity
+        from densenet_spec.harness import default_image_size, expected_divergence, run_parity
 
+        for kind in mutations.values():
+            try:
+                expected_divergence(config, kind)
+            except ValueError as e:
+                raise DenseNetError(f"--mutate: {e}") from None
         size = args.image_size or default_image_size(config)
         case = make_case(
             config,
@@ -77,7 +100,12 @@ def main(argv=None) -> int:
         return 2
     command = "densenet-parity " + " ".join(shlex.quote(a) for a in argv)
     result = run_parity(
-        case, frameworks, setup=not args.no_setup, log=report.logger(console), command=command
+        case,
+        frameworks,
+        setup=not args.no_setup,
+        log=report.logger(console),
+        command=command,
+        mutations=mutations,
     )
     report.print_report(result, console)
     if args.json:
@@ -89,6 +117,18 @@ def main(argv=None) -> int:
 
         paths = write_report(result, args.report)
         console.print(f"report: {paths['html']} (and {paths['markdown'].name}, {paths['json'].name})")
+    if mutations:
+        from densenet_spec.harness import self_check
+
+        problems = self_check(result)
+        for line in problems:
+            console.print(f"[bold red]self-check:[/] {line}")
+        console.print(
+            "[bold green]SELF-CHECK OK[/]: the report failed where the mutation was made"
+            if not problems
+            else "[bold red]SELF-CHECK FAILED[/]"
+        )
+        return 0 if not problems else 1
     return 0 if result.ok else 1
 
 

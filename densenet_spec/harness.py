@@ -27,6 +27,12 @@ from densenet_spec.tolerances import family
 ORACLE = "oracle"
 WORKER_TIMEOUT_S = 1800
 
+# Deliberate perturbations for the self-check: a parity harness that cannot fail proves nothing.
+# bn_eps: the framework builds its BatchNorms with eps 1e-3 (Keras's default) instead of the spec's.
+# same_padding: its stem conv 7x7/2 and max-pool 3x3/2 use TF/XLA 'same' padding, which pads
+#               (2, 3) and (0, 1) on even inputs instead of (3, 3) and (1, 1): the d2l JAX/TF tabs.
+MUTATIONS = ("bn_eps", "same_padding")
+
 
 @dataclass
 class FrameworkRun:
@@ -71,6 +77,7 @@ class ParityReport:
     pairs: list[PairReport]
     oracle_seconds: float
     command: str = ""
+    mutations: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -95,6 +102,7 @@ class ParityReport:
                 n: {"ok": r.ok, "info": r.info, "error": r.error} for n, r in self.runs.items()
             },
             "oracle_seconds": round(self.oracle_seconds, 3),
+            "mutations": self.mutations,
             "pairs": [
                 {
                     "a": p.a,
@@ -119,7 +127,7 @@ def run_worker(framework: str, case_dir: Path, setup: bool = True, log=print) ->
             return FrameworkRun(framework, False, error=f"no {framework} environment at {python}")
     except Exception as e:  # a broken environment is reported, the other frameworks still run
         return FrameworkRun(framework, False, error=str(e))
-    out = case_dir / f"result-{framework}.safetensors"
+    out = case_dir.parent / f"result-{framework}.safetensors"
     cmd = [str(python), "-m", "densenet_spec.worker", framework, str(case_dir), str(out)]
     try:
         proc = subprocess.run(
@@ -161,6 +169,52 @@ def _as_dtype(case: Case, dtype: str) -> Case:
     )
 
 
+def mutated(case: Case, kind: str) -> Case:
+    """The case one framework sees under --mutate framework:kind."""
+    import dataclasses
+
+    if kind == "bn_eps":
+        return dataclasses.replace(case, config=case.config.replace(bn_eps=1e-3))
+    if kind == "same_padding":
+        return dataclasses.replace(case, options={**case.options, "mutate": "same_padding"})
+    raise ValueError(f"unknown mutation {kind!r}; known: {', '.join(MUTATIONS)}")
+
+
+def expected_divergence(config, kind: str) -> str:
+    """The first forward stage a mutation must change."""
+    if kind == "same_padding":
+        if config.stem != "imagenet":
+            raise ValueError("same_padding changes the strided ImageNet stem; this config has none")
+        return "stem"
+    # bn_eps: the first BatchNorm is in the ImageNet stem, else in the first dense layer
+    return "stem" if config.stem == "imagenet" else "blocks.0.layers.0"
+
+
+def self_check(report: "ParityReport") -> list[str]:
+    """Problems with a --mutate run: mutated pairs must fail at the expected stage, others pass."""
+    problems = []
+    for p in report.pairs:
+        hit = [fw for fw in (p.a, p.b) if fw in report.mutations]
+        if not hit:
+            if not p.ok:
+                problems.append(f"{p.a} vs {p.b} failed although neither was mutated")
+            continue
+        if len(hit) == 2:
+            continue  # two mutated frameworks may or may not agree with each other
+        want = expected_divergence(report.case.config, report.mutations[hit[0]])
+        got = p.first_divergence()
+        for mode in ("eval", "train"):
+            if mode in report.case.quantities and got.get(mode) != want:
+                problems.append(
+                    f"{p.a} vs {p.b}: mutation {report.mutations[hit[0]]} of {hit[0]} should part "
+                    f"at {want} in {mode} mode, the report says {got.get(mode)}"
+                )
+    for fw in report.mutations:
+        if not report.runs[fw].ok:
+            problems.append(f"mutated {fw} did not run: {report.runs[fw].error}")
+    return problems
+
+
 def run_parity(
     case: Case,
     frameworks,
@@ -169,17 +223,23 @@ def run_parity(
     setup: bool = True,
     log=print,
     command: str = "",
+    mutations: dict[str, str] | None = None,
 ) -> ParityReport:
     frameworks = list(dict.fromkeys(frameworks))
     unknown = [f for f in frameworks if f not in envs.FRAMEWORKS]
     if unknown:
         raise ValueError(f"unknown frameworks {unknown}; known: {', '.join(envs.FRAMEWORKS)}")
+    mutations = mutations or {}
     with tempfile.TemporaryDirectory(prefix="densenet-parity-") as tmp:
         case_dir = write_case(case, Path(workdir or tmp) / "case")
         runs = {}
         for fw in frameworks:
+            fw_dir = case_dir
+            if fw in mutations:
+                log(f"MUTATING {fw}: {mutations[fw]} (self-check: this run must fail)")
+                fw_dir = write_case(mutated(case, mutations[fw]), Path(workdir or tmp) / f"case-{fw}")
             log(f"running {fw} worker ({case.dtype}, {case.device})")
-            runs[fw] = run_worker(fw, case_dir, setup, log)
+            runs[fw] = run_worker(fw, fw_dir, setup, log)
             status = f"done in {runs[fw].info.get('seconds', '?')} s" if runs[fw].ok else "FAILED"
             log(f"{fw}: {status}")
     log("running the NumPy oracle")
@@ -198,7 +258,7 @@ def run_parity(
             runs[a].results, runs[b].results, case.dtype, float32_errors, symmetric=True, allowance=allowance
         )
         pairs.append(PairReport(a, b, comps, stages, params))
-    return ParityReport(case, runs, pairs, oracle_s, command)
+    return ParityReport(case, runs, pairs, oracle_s, command, dict(mutations))
 
 
 def default_image_size(config) -> int:
