@@ -1,0 +1,98 @@
+"""Checkpointed dense layers update BatchNorm running statistics once per step, not twice.
+
+torch.utils.checkpoint re-runs a layer's forward in backward; a train-mode BatchNorm in it would
+update its running statistics again (pytorch issue 96136). These tests show the hazard is real
+for a plain checkpoint, that densenet_torch avoids it, and that the comparison would catch it.
+"""
+
+import contextlib
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch.utils.checkpoint import checkpoint  # noqa: E402
+
+import densenet_torch.layers as layers  # noqa: E402
+from densenet_spec.case import SGDConfig, make_case  # noqa: E402
+from densenet_spec.config import get_preset  # noqa: E402
+from densenet_torch import DenseNet  # noqa: E402
+from densenet_torch.train import make_optimizer, train_step  # noqa: E402
+from densenet_torch.weights import from_canonical, to_canonical  # noqa: E402
+
+CONFIGS = {
+    "tiny": get_preset("tiny"),  # bottleneck layers
+    "tiny_conv_block_biased": get_preset("tiny").replace(bn_size=None, bn_running_var="biased"),
+}
+
+
+def _one_step(config, memory_efficient):
+    """Running statistics (canonical name -> array) after one float64 train step."""
+    case = make_case(config, batch=2, image_size=16, steps=1)
+    model = DenseNet(config, memory_efficient=memory_efficient).to(torch.float64)
+    from_canonical(model, case.params)
+    optimizer = make_optimizer(model, SGDConfig())
+    train_step(model, optimizer, torch.from_numpy(case.x), torch.from_numpy(case.y))
+    stats = {k: v for k, v in to_canonical(model).items() if "running_" in k}
+    counts = {k: int(v) for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
+    return stats, counts
+
+
+def _max_diff(a, b):
+    return max(float(abs(a[k] - b[k]).max()) for k in a)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_running_stats_updated_once_with_memory_efficient(name):
+    plain, plain_counts = _one_step(CONFIGS[name], memory_efficient=False)
+    efficient, efficient_counts = _one_step(CONFIGS[name], memory_efficient=True)
+    assert _max_diff(efficient, plain) <= 1e-12
+    assert set(efficient_counts.values()) == {1} and efficient_counts == plain_counts
+
+
+def test_memory_efficient_really_recomputes():
+    """The checkpointed path is taken: a dense layer's BatchNorm runs twice per train step."""
+    calls = []
+
+    def count(module, args, output):
+        calls.append(module)
+
+    config = CONFIGS["tiny"]
+    for memory_efficient, expected in ((False, 1), (True, 2)):
+        calls.clear()
+        model = DenseNet(config, memory_efficient=memory_efficient)
+        model.blocks[0].layers[0].norm2.register_forward_hook(count)
+        model.train()
+        model(torch.randn(2, 3, 16, 16)).sum().backward()
+        assert len(calls) == expected
+
+
+def test_naive_checkpoint_updates_running_stats_twice():
+    """The hazard itself: a plain checkpoint around a train-mode BatchNorm updates it twice."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    plain = torch.nn.BatchNorm2d(3).to(torch.float64)
+    naive = copy.deepcopy(plain)
+
+    plain(x).sum().backward()
+    checkpoint(naive, x, use_reentrant=False).sum().backward()
+
+    assert int(plain.num_batches_tracked) == 1
+    assert int(naive.num_batches_tracked) == 2
+    m = plain.momentum
+    mean = x.detach().mean(dim=(0, 2, 3))
+    once = m * mean  # running mean starts at 0
+    twice = (1 - m) * once + m * mean
+    torch.testing.assert_close(plain.running_mean, once, rtol=0, atol=1e-15)
+    torch.testing.assert_close(naive.running_mean, twice, rtol=0, atol=1e-15)
+    assert float((naive.running_mean - plain.running_mean).abs().max()) > 1e-3
+
+
+def test_without_scratch_stats_the_comparison_fails(monkeypatch):
+    """Swap the fix out (recompute with the real buffers): the once-per-step test would fail."""
+    monkeypatch.setattr(layers, "_scratch_running_stats", lambda module: contextlib.nullcontext())
+    plain, _ = _one_step(CONFIGS["tiny"], memory_efficient=False)
+    naive, naive_counts = _one_step(CONFIGS["tiny"], memory_efficient=True)
+    assert _max_diff(naive, plain) > 1e-3
+    assert 2 in naive_counts.values()

@@ -1,0 +1,160 @@
+"""The torch DenseNet against the NumPy oracle (densenet_spec.reference) and against itself.
+
+float64: every quantity within the tolerance table (semantics). float32: within the bound derived
+from the oracle's own float32 rounding on the same case. Plus finite differences of the oracle's
+loss, memory_efficient == plain and channels_last == plain.
+"""
+
+import dataclasses
+import functools
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import numpy as np  # noqa: E402
+
+from densenet_spec import reference  # noqa: E402
+from densenet_spec.case import make_case  # noqa: E402
+from densenet_spec.compare import assert_close, rel_errors  # noqa: E402
+from densenet_spec.config import get_preset  # noqa: E402
+from densenet_torch import DenseNet  # noqa: E402
+from densenet_torch.train import gradients  # noqa: E402
+from densenet_torch.weights import from_canonical  # noqa: E402
+from densenet_torch.worker import run_case  # noqa: E402
+
+BIASED_TINY = get_preset("tiny").replace(bn_running_var="biased")
+
+# (config, batch, image size, optimizer steps). Two steps exercise the momentum buffer and the
+# running statistics carried from one step into the next.
+CASES = {
+    "tiny": (get_preset("tiny"), 2, 32, 2),
+    "tiny_biased_var": (BIASED_TINY, 2, 32, 2),
+    "densenet_bc_100": (get_preset("densenet_bc_100"), 2, 8, 2),
+    "d2l": (get_preset("d2l"), 2, 64, 2),
+    # 64x64 keeps 2x2 pixels in the last block. At 32x32 the last block is 1x1, its train-mode
+    # BatchNorms see 2 values per channel and the train quantities become ill-conditioned:
+    # torch differs from torch with channels_last by ~1e-8 there, so only eval is checked
+    # at 32x32 (test_densenet121_32px_eval_quantities).
+    "densenet121": (get_preset("densenet121"), 2, 64, 2),
+}
+
+
+def _case(name, dtype="float64", **changes):
+    config, batch, size, steps = CASES[name]
+    case = make_case(config, batch=batch, image_size=size, steps=steps, dtype=dtype)
+    return dataclasses.replace(case, **changes)
+
+
+def _as_float64(case):
+    """The same numbers in float64: the exact reference for a float32 run on this case."""
+    up = functools.partial(np.asarray, dtype=np.float64)
+    params = {k: up(v) for k, v in case.params.items()}
+    return dataclasses.replace(case, dtype="float64", params=params, x=up(case.x),
+                               step_x=up(case.step_x))
+
+
+@functools.cache
+def _oracle(name, dtype="float64"):
+    case = _case(name, dtype)
+    return reference.run_case(case)[0]
+
+
+@functools.cache
+def _oracle64_of_float32(name):
+    return reference.run_case(_as_float64(_case(name, "float32")))[0]
+
+
+@functools.cache
+def _torch(name, dtype="float64", memory_efficient=False, channels_last=False):
+    case = _case(name, dtype, memory_efficient=memory_efficient,
+                 options={"channels_last": channels_last})
+    return run_case(case)[0]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_float64_matches_oracle(name):
+    assert_close(_torch(name), _oracle(name), "float64")
+
+
+def test_densenet121_32px_eval_quantities():
+    case = make_case(get_preset("densenet121"), batch=2, image_size=32, steps=1,
+                     quantities=("eval", "grad"))
+    ours, oracle = run_case(case)[0], reference.run_case(case)[0]
+    keep = [k for k in oracle if k.startswith(("eval/", "loss/eval", "eval_grad/"))]
+    assert_close({k: ours[k] for k in keep}, {k: oracle[k] for k in keep}, "float64")
+
+
+@pytest.mark.parametrize("name", ["tiny", "d2l"])
+def test_float32_matches_oracle_within_derived_bound(name):
+    oracle64 = _oracle64_of_float32(name)
+    oracle32 = _oracle(name, "float32")
+    ours = _torch(name, "float32")
+    assert {v.dtype for v in ours.values()} == {np.dtype("float32")}
+    assert_close(ours, oracle64, "float32", float32_errors=rel_errors(oracle32, oracle64))
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_biased_var", "d2l"])
+def test_memory_efficient_matches_plain(name):
+    """Checkpointed dense layers: same numbers, running statistics updated once per step."""
+    plain, efficient = _torch(name), _torch(name, memory_efficient=True)
+    assert_close(efficient, plain, "float64")
+    for key in plain:
+        if "running_" in key:
+            np.testing.assert_allclose(efficient[key], plain[key], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["tiny", "d2l"])
+def test_channels_last_matches_plain(name):
+    assert_close(_torch(name, channels_last=True), _torch(name), "float64")
+
+
+# Central differences of the oracle's loss, h = 1e-5 in float64: truncation h^2/6 * |f'''|
+# (~2e-9 measured at the worst sampled weight) plus rounding eps * |loss| / h (~4e-11). The bound,
+# 1e-6 of the tensor's largest gradient (floor 1e-2), is >= 50x above that and still catches any
+# wrong term: a missing BN-mean path or a factor error shifts gradients by far more than 1e-6.
+FD_STEP = 1e-5
+FD_TENSORS = [
+    "stem.conv.weight",
+    "stem.conv.bias",
+    "stem.norm.weight",
+    "blocks.0.layers.0.norm1.bias",
+    "blocks.0.layers.1.conv1.weight",
+    "blocks.1.layers.0.norm2.weight",
+    "blocks.1.layers.1.conv2.weight",
+    "transitions.0.conv.weight",
+    "head.norm.weight",
+    "head.fc.weight",
+    "head.fc.bias",
+]
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_gradients_match_finite_differences_of_oracle_loss(training):
+    config = get_preset("tiny")
+    case = make_case(config, batch=2, image_size=32)
+    model = DenseNet(config).to(torch.float64)
+    from_canonical(model, case.params)
+    _, _, grads = gradients(model, torch.from_numpy(case.x), torch.from_numpy(case.y), training)
+
+    def oracle_loss(params):
+        features, _ = reference.forward_features(params, config, case.x, training)
+        return float(reference.loss(features["logits"], case.y))
+
+    rng = np.random.default_rng(0)
+    for name in FD_TENSORS:
+        g = grads[name].numpy()
+        bound = 1e-6 * max(float(np.abs(g).max()), 1e-2)
+        for _ in range(2):
+            idx = tuple(int(rng.integers(0, n)) for n in g.shape)
+            params = dict(case.params)
+            moved = params[name].copy()
+            moved[idx] += FD_STEP
+            params[name] = moved
+            up = oracle_loss(params)
+            moved = moved.copy()
+            moved[idx] -= 2 * FD_STEP
+            params[name] = moved
+            down = oracle_loss(params)
+            fd = (up - down) / (2 * FD_STEP)
+            assert abs(g[idx] - fd) <= bound, (name, idx, g[idx], fd)
