@@ -1,0 +1,214 @@
+"""DenseNet building blocks as Keras 3 layers, NHWC (channels last).
+
+Every layer is built at construction from the explicit channel counts the config gives, so its
+weights exist before the first call. Layers take their dtype from Keras's global dtype policy;
+DenseNet(dtype=...) sets it while it builds (see _dtype_policy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+from densenet_spec.config import DenseNetConfig
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        f"densenet_tf needs Keras's TensorFlow backend, Keras runs {keras.backend.backend()!r}: "
+        "set KERAS_BACKEND=tensorflow before keras is first imported"
+    )
+
+CHANNEL_AXIS = -1  # NHWC
+
+
+class _BatchNorm(keras.layers.Layer):
+    """BatchNorm to the spec (keras.layers.BatchNormalization differs in three defaults).
+
+    gamma, beta are trainable; moving_mean, moving_variance are the running statistics.
+    Train mode normalises with the batch mean and the biased batch variance, then updates
+    running = (1 - momentum) * running + momentum * batch, momentum = config.bn_momentum.
+    Arithmetic runs in the layer's dtype (float64 under a float64 policy).
+    """
+
+    def __init__(self, num_features: int, config: DenseNetConfig):
+        super().__init__(name="batch_norm")
+        self.num_features = num_features
+        self.epsilon = config.bn_eps  # parity: Keras's default is 1e-3, the spec's 1e-5
+        # parity: the weight of the new batch statistic (torch's convention); Keras's momentum
+        # is the weight of the old running value, 1 - this (its default 0.99 = spec 0.01).
+        self.momentum = config.bn_momentum
+        # parity: Keras updates moving_variance with the biased batch variance; the spec's
+        # default ("unbiased") uses batch variance * n / (n - 1), n = N * H * W, as torch does.
+        self.unbiased = config.bn_running_var == "unbiased"
+        shape = (num_features,)
+        self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta")
+        self.moving_mean = self.add_weight(
+            shape=shape, initializer="zeros", trainable=False, name="moving_mean"
+        )
+        self.moving_variance = self.add_weight(
+            shape=shape, initializer="ones", trainable=False, name="moving_variance"
+        )
+        self.built = True
+
+    def call(self, x, training=False):
+        if training:
+            axes = [0, 1, 2]
+            mean = tf.reduce_mean(x, axis=axes)
+            var = tf.reduce_mean(tf.square(x - mean), axis=axes)  # biased: used to normalise
+            if not _running_stats_frozen:
+                running_var = var
+                if self.unbiased:
+                    n = tf.cast(tf.size(x) // self.num_features, x.dtype)
+                    running_var = var * (n / (n - 1.0))
+                m = self.momentum
+                self.moving_mean.assign((1.0 - m) * self.moving_mean + m * mean)
+                self.moving_variance.assign((1.0 - m) * self.moving_variance + m * running_var)
+        else:
+            mean, var = self.moving_mean, self.moving_variance
+        return (x - mean) * tf.math.rsqrt(var + self.epsilon) * self.gamma + self.beta
+
+
+class _Sequential(keras.layers.Layer):
+    """Children run in the order given; each is an attribute under its canonical name."""
+
+    def __init__(self, name: str, **children: keras.layers.Layer):
+        super().__init__(name=name)
+        self.order = list(children)
+        for name, child in children.items():
+            setattr(self, name, child)
+        self.built = True
+
+    def call(self, x, training=False):
+        for name in self.order:
+            x = getattr(self, name)(x, training=training)  # Keras passes training where accepted
+        return x
+
+
+def _conv2d(
+    in_channels: int, out_channels: int, kernel_size: int, config: DenseNetConfig, stride: int = 1
+):
+    """An unpadded conv built for in_channels; padding, where any, is a layer before it."""
+    conv = keras.layers.Conv2D(
+        out_channels, kernel_size, strides=stride, padding="valid", use_bias=config.conv_bias
+    )
+    conv.build((None, None, None, in_channels))
+    return conv
+
+
+def batch_norm(num_features: int, config: DenseNetConfig) -> keras.Layer:
+    """The spec's BatchNorm (eps, momentum convention, running-variance rule from the config)."""
+    return _BatchNorm(num_features, config)
+
+
+def conv_block(in_channels: int, out_channels: int, config: DenseNetConfig) -> keras.Layer:
+    """d2l's conv_block: BN, ReLU, 3x3 conv pad 1."""
+    return _Sequential(
+        "conv_block",
+        norm=batch_norm(in_channels, config),
+        relu=keras.layers.ReLU(),
+        pad=keras.layers.ZeroPadding2D(1),  # explicit, as everywhere ('same' agrees at stride 1)
+        conv=_conv2d(in_channels, out_channels, 3, config),
+    )
+
+
+class DenseBlock(keras.layers.Layer):
+    """Dense connectivity: layer j sees the concatenation of the block input and all earlier y."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        in_channels: int,
+        growth_rate: int,
+        config: DenseNetConfig,
+        memory_efficient: bool = False,
+    ):
+        super().__init__(name="dense_block")
+        make = conv_block if config.bn_size is None else bottleneck_block
+        self.layers = [
+            make(in_channels + j * growth_rate, growth_rate, config) for j in range(num_layers)
+        ]
+        self.memory_efficient = memory_efficient
+        # Keras copies dict arguments while casting tensors in them; `features` must stay the
+        # caller's dict so this block can fill it.
+        self._convert_input_args = False
+        self.built = True
+
+    def call(self, x, training=False, features=None):
+        for j, layer in enumerate(self.layers):
+            if self.memory_efficient:
+                y = _recompute(layer, training)(x)
+            else:
+                y = layer(x, training=training)
+            if features is not None:
+                features[f"layers.{j}"] = y
+            x = tf.concat([x, y], axis=CHANNEL_AXIS)
+        return x
+
+
+def transition_block(in_channels: int, out_channels: int, config: DenseNetConfig) -> keras.Layer:
+    """BN, ReLU, 1x1 conv, 2x2/2 average pool (floor): halves height and width."""
+    return _Sequential(
+        "transition_block",
+        norm=batch_norm(in_channels, config),
+        relu=keras.layers.ReLU(),
+        conv=_conv2d(in_channels, out_channels, 1, config),
+        pool=keras.layers.AveragePooling2D(2, strides=2, padding="valid"),
+    )
+
+
+def bottleneck_block(in_channels: int, growth_rate: int, config: DenseNetConfig) -> keras.Layer:
+    """DenseNet-B layer: BN, ReLU, 1x1 conv to bn_size * k, BN, ReLU, 3x3 conv pad 1 to k."""
+    mid = config.bn_size * growth_rate
+    return _Sequential(
+        "bottleneck_block",
+        norm1=batch_norm(in_channels, config),
+        relu1=keras.layers.ReLU(),
+        conv1=_conv2d(in_channels, mid, 1, config),
+        norm2=batch_norm(mid, config),
+        relu2=keras.layers.ReLU(),
+        pad2=keras.layers.ZeroPadding2D(1),  # explicit, as everywhere ('same' agrees at stride 1)
+        conv2=_conv2d(mid, growth_rate, 3, config),
+    )
+
+
+# Memory-efficient dense layers. tf.recompute_grad keeps only the layer's input on the tape and
+# runs the layer again in backward; that second run must not update the running statistics.
+_running_stats_frozen = False
+
+
+@contextlib.contextmanager
+def _frozen_running_stats():
+    global _running_stats_frozen
+    previous, _running_stats_frozen = _running_stats_frozen, True
+    try:
+        yield
+    finally:
+        _running_stats_frozen = previous
+
+
+def _recompute(layer: keras.layers.Layer, training: bool):
+    """layer(x, training) under tf.recompute_grad; BN statistics update in the forward run only."""
+    runs = []
+
+    def run(x):
+        if runs:  # the recomputation in backward (also traced inside tf.function)
+            with _frozen_running_stats():
+                return layer(x, training=training)
+        runs.append(True)
+        return layer(x, training=training)
+
+    return tf.recompute_grad(run)
+
+
+@contextlib.contextmanager
+def _dtype_policy(dtype: str):
+    """Build layers in `dtype`: Keras layers take the global dtype policy at construction."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

@@ -1,0 +1,92 @@
+"""Loss, the spec's SGD, one compiled train step, an eval step, gradients for the parity checks.
+
+Steps are compiled with tf.function (jit_compile=True adds XLA). Inputs are NHWC.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from densenet_spec.case import SGDConfig
+from densenet_tf.weights import _to_canonical_array, _variables
+
+
+def loss_fn(logits, labels):
+    """Mean cross-entropy over the batch; integer labels."""
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    return tf.reduce_mean(losses)
+
+
+def make_optimizer(model, sgd: SGDConfig) -> keras.optimizers.Optimizer:
+    """keras.optimizers.SGD set to the spec's rule, built for the model's trainable variables.
+
+    Keras keeps lr inside the velocity (v = m * v - lr * g; p += v); at a constant lr that is the
+    spec's buf = m * buf + g; p -= lr * buf.
+    """
+    optimizer = keras.optimizers.SGD(
+        # parity: a float learning rate becomes a floatx (float32) Keras variable, and Keras
+        # casts a Python float momentum through float32 (tf.cast(0.9, float64) = 0.8999999762).
+        # NumPy float64 scalars keep both exact for float64 and round once for float32.
+        learning_rate=lambda: np.float64(sgd.lr),
+        momentum=np.float64(sgd.momentum),
+        # parity: Keras's weight_decay is decoupled (p -= lr * wd * p, outside the momentum);
+        # the spec's is coupled L2, added to the gradient in train_step. Left unset here.
+        weight_decay=None,
+    )
+    optimizer.build(model.trainable_variables)
+    optimizer.coupled_weight_decay = sgd.weight_decay
+    return optimizer
+
+
+def train_step(model, optimizer, x, y, *, jit_compile: bool = False):
+    """Forward in train mode, backward, one SGD update (running stats updated once); the loss."""
+    return _compiled(model, _train_step, jit_compile)(model, optimizer, x, y)
+
+
+def eval_step(model, x, *, jit_compile: bool = False):
+    """Logits in eval mode (running statistics)."""
+    return _compiled(model, _eval_step, jit_compile)(model, x)
+
+
+def gradients(model, x, y, training: bool):
+    """(loss, d loss / d x in NHWC, {canonical name: gradient in canonical layout})."""
+    x = tf.convert_to_tensor(x)
+    named = {n: v for n, v in _variables(model).items() if v.trainable}
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = loss_fn(model(x, training=training), y)
+    grad_x, grads = tape.gradient(loss, (x, list(named.values())))
+    grads = {n: _to_canonical_array(g.numpy()) for n, g in zip(named, grads)}
+    return loss, grad_x, grads
+
+
+def _train_step(model, optimizer, x, y):
+    with tf.GradientTape() as tape:
+        loss = loss_fn(model(x, training=True), y)
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    # parity: coupled L2 as torch.optim.SGD: wd * param joins the gradient, so the momentum.
+    wd = optimizer.coupled_weight_decay
+    grads = [g + wd * v for g, v in zip(grads, variables)]
+    optimizer.apply_gradients(zip(grads, variables))
+    return loss
+
+
+def _eval_step(model, x):
+    return model(x, training=False)
+
+
+# model -> {(step, jit_compile): tf.function}; an entry goes when its model does.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(model, fn, jit_compile: bool):
+    """The model's tf.function for `fn` (traced on first use, again for a new input shape)."""
+    functions = _COMPILED.setdefault(model, {})
+    if (fn, jit_compile) not in functions:
+        functions[(fn, jit_compile)] = tf.function(fn, jit_compile=jit_compile)
+    return functions[(fn, jit_compile)]
