@@ -14,6 +14,7 @@ import platform
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, nd
+from mxnet.gluon import nn
 
 from densenet_spec.case import Case
 from densenet_spec.errors import DeviceUnavailableError
@@ -43,43 +44,48 @@ def _max_pool_eval_grad_is_correct() -> bool:
     return bool(np.array_equal(grads[0], grads[1]))
 
 
-def environment(device: str, dtype: str) -> dict:
-    """Apply the device and precision settings for a parity run; return what was applied."""
+def _precision_settings(device: str, dtype: str) -> dict:
+    """The precision and determinism settings for a parity run on device, by name; pure (needs
+    neither the device nor any change to the process), so it is testable on CPU. All are
+    environment variables that MXNet reads when an operator first needs them; environment()
+    sets exactly these and records them read back."""
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    versions = {"mxnet": mx.__version__, "numpy": np.__version__}
     if device == "cpu":
         # parity: oneDNN's max-pool backward is wrong after an eval-mode forward (MXNet 1.9.1),
         # so the eval-mode input gradient would be; read when the first operator runs.
-        os.environ["MXNET_MKLDNN_ENABLED"] = "0"
-        # Each operator that then falls back to the plain CPU kernel would log a warning.
-        os.environ.setdefault("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
-        precision = {
-            "MXNET_MKLDNN_ENABLED": os.environ["MXNET_MKLDNN_ENABLED"],
-            "max_pool_eval_grad_correct": _max_pool_eval_grad_is_correct(),
+        return {"MXNET_MKLDNN_ENABLED": "0"}
+    if device == "gpu":
+        return {
+            "NVIDIA_TF32_OVERRIDE": "0",  # parity: no TF32 rounding in cuBLAS / cuDNN
+            "MXNET_CUDNN_AUTOTUNE_DEFAULT": "0",  # a fixed cuDNN algorithm, no autotune
+            "MXNET_ENFORCE_DETERMINISM": "1",  # deterministic cuDNN algorithms only
         }
+    if device == "tpu":
+        raise DeviceUnavailableError("mx: no tpu device (MXNet has no TPU backend)")
+    raise DeviceUnavailableError(f"mx: unknown device {device!r} (cpu, gpu, tpu)")
+
+
+def environment(device: str, dtype: str) -> dict:
+    """Apply the device and precision settings for a parity run; return what was applied."""
+    settings = _precision_settings(device, dtype)  # also rejects unknown dtypes and devices
+    versions = {"mxnet": mx.__version__, "numpy": np.__version__}
+    os.environ.update(settings)  # before the availability check, as before any operator
+    precision = {name: os.environ[name] for name in settings}  # read back
+    if device == "cpu":
+        # Each operator that falls back to the plain CPU kernel would log a warning.
+        os.environ.setdefault("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
+        precision["max_pool_eval_grad_correct"] = _max_pool_eval_grad_is_correct()
         device_name = platform.processor() or platform.machine()
-    elif device == "gpu":
-        os.environ["NVIDIA_TF32_OVERRIDE"] = "0"  # parity: no TF32 rounding in cuBLAS / cuDNN
-        os.environ["MXNET_CUDNN_AUTOTUNE_DEFAULT"] = "0"  # a fixed cuDNN algorithm, no autotune
-        os.environ["MXNET_ENFORCE_DETERMINISM"] = "1"  # deterministic cuDNN algorithms only
+    else:  # gpu
         if mx.context.num_gpus() == 0:
             cuda = mx.runtime.Features().is_enabled("CUDA")
             build = "a CUDA build" if cuda else "a CPU-only build"
             raise DeviceUnavailableError(
                 f"mx: no gpu device (mx.context.num_gpus() is 0; mxnet {mx.__version__} is {build})"
             )
-        precision = {
-            k: os.environ[k]
-            for k in ("NVIDIA_TF32_OVERRIDE", "MXNET_CUDNN_AUTOTUNE_DEFAULT",
-                      "MXNET_ENFORCE_DETERMINISM")
-        }
         versions["cudnn"] = mx.runtime.Features().is_enabled("CUDNN")
         device_name = "gpu(0)"
-    elif device == "tpu":
-        raise DeviceUnavailableError("mx: no tpu device (MXNet has no TPU backend)")
-    else:
-        raise DeviceUnavailableError(f"mx: unknown device {device!r} (cpu, gpu, tpu)")
     return {
         "device": device,
         "device_name": device_name,
@@ -87,6 +93,47 @@ def environment(device: str, dtype: str) -> dict:
         "precision": precision,
         "versions": versions,
     }
+
+
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF/XLA 'same' padding (before, after) of a kernel x kernel / stride op on size."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class _Pad(nn.HybridBlock):
+    """Constant padding of H and W by ((top, bottom), (left, right)); no parameters."""
+
+    def __init__(self, pads, value: float):
+        super().__init__()
+        (top, bottom), (left, right) = pads
+        self._pad_width = (0, 0, 0, 0, top, bottom, left, right)
+        self._value = value
+
+    def hybrid_forward(self, F, x):
+        return F.pad(x, mode="constant", pad_width=self._pad_width, constant_value=self._value)
+
+
+def _apply_mutation(model: DenseNet, kind: str, height: int, width: int) -> None:
+    """Self-check hook (harness --mutate mx:same_padding): the ImageNet stem's 7x7/2 conv and
+    3x3/2 max-pool pad the TF/XLA 'same' way, (2, 3) and (0, 1) on even sizes instead of the
+    spec's (3, 3) and (1, 1): the d2l JAX/TF tabs' mistake. Gluon pads symmetrically only, so
+    the stem gets two parameterless pad blocks and its conv and pool pad 0; weights unchanged.
+    Call before hybridize() (the stem's graph is traced once)."""
+    if kind != "same_padding":
+        raise ValueError(
+            f"mx: unknown mutation {kind!r}; known: same_padding (bn_eps comes in the config)"
+        )
+    if model.config.stem != "imagenet":
+        raise ValueError("mx: same_padding changes the strided ImageNet stem; this config has none")
+    stem = model.stem
+    stem.pad = _Pad((_same_pads(height, 7, 2), _same_pads(width, 7, 2)), 0.0)
+    # zeros, not -inf, before the max-pool: its input is post-ReLU (>= 0), as in densenet_tf
+    stem.pool_pad = _Pad((_same_pads(-(-height // 2), 3, 2), _same_pads(-(-width // 2), 3, 2)), 0.0)
+    stem.conv._kwargs["pad"] = (0, 0)
+    stem.pool._kwargs["pad"] = (0, 0)
+    stem._order = ("pad", "conv", "norm", "relu", "pool_pad", "pool")
 
 
 def run_case(case: Case) -> tuple[dict, dict]:
@@ -109,6 +156,8 @@ def run_case(case: Case) -> tuple[dict, dict]:
     model = DenseNet(case.config, memory_efficient=case.memory_efficient)
     model.initialize(ctx=ctx)
     model.cast(case.dtype)
+    if "mutate" in case.options:
+        _apply_mutation(model, case.options["mutate"], *case.x.shape[2:])
     if hybridize:
         model.hybridize()
 

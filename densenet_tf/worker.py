@@ -23,11 +23,13 @@ import os
 import sys
 
 # parity: oneDNN off (see above); must precede the first TensorFlow import.
-_ONEDNN = os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+_ONEDNN_FOR_PARITY = "0"
+_ONEDNN = os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", _ONEDNN_FOR_PARITY)
 _TF_IMPORTED_FIRST = "tensorflow" in sys.modules  # then the setting above came too late
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tensorflow.python.framework import config as _tf_config  # noqa: E402  (op determinism getter)
 
 import keras  # noqa: E402
 from densenet_spec.case import Case  # noqa: E402
@@ -37,6 +39,56 @@ from densenet_tf.train import gradients, loss_fn, make_optimizer, train_step  # 
 from densenet_tf.weights import from_canonical, to_canonical  # noqa: E402
 
 
+def _precision_settings(device: str, dtype: str, *, op_determinism: bool = True) -> dict:
+    """The precision and determinism settings for a parity run on device, by name; pure (needs
+    neither the device nor any change to the process), so it is testable on CPU.
+
+    environment() applies exactly these, through _SETTINGS, and records them read back.
+    TF_ENABLE_ONEDNN_OPTS is the exception: TensorFlow reads it at import, so this module sets
+    it (to _ONEDNN_FOR_PARITY) before importing TensorFlow, and environment() only reads it.
+    """
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    if device == "tpu":
+        raise DeviceUnavailableError(
+            "tf: no tpu device (densenet_tf runs on cpu or gpu; TPUs need a TPUStrategy)"
+        )
+    if device not in ("cpu", "gpu"):
+        raise DeviceUnavailableError(f"tf: unknown device {device!r} (cpu, gpu, tpu)")
+    settings = {
+        "TF_ENABLE_ONEDNN_OPTS": _ONEDNN_FOR_PARITY,
+        # False leaves it off (XLA runs); once on, it stays on for the process.
+        "tf.config.experimental.enable_op_determinism": op_determinism,
+    }
+    if device == "gpu":
+        # parity: TF32 would round conv and matmul inputs to 10 mantissa bits on Ampere+.
+        settings["tf.config.experimental.enable_tensor_float_32_execution"] = False
+    return settings
+
+
+def _set_op_determinism(on: bool) -> None:
+    if on:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _set_onednn(value: str) -> None:
+    """Nothing to do now: TensorFlow read TF_ENABLE_ONEDNN_OPTS at import (top of module)."""
+
+
+# name -> (apply the value, read it back): the only way environment() changes a setting.
+_SETTINGS = {
+    "TF_ENABLE_ONEDNN_OPTS": (_set_onednn, lambda: _ONEDNN),
+    "tf.config.experimental.enable_op_determinism": (
+        _set_op_determinism,
+        _tf_config.is_op_determinism_enabled,
+    ),
+    "tf.config.experimental.enable_tensor_float_32_execution": (
+        tf.config.experimental.enable_tensor_float_32_execution,
+        tf.config.experimental.tensor_float_32_execution_enabled,
+    ),
+}
+
+
 def environment(device: str, dtype: str, *, op_determinism: bool = True) -> dict:
     """Apply the device and precision settings for a parity run; return what was applied.
 
@@ -44,38 +96,25 @@ def environment(device: str, dtype: str, *, op_determinism: bool = True) -> dict
     and refuses to compile it while op determinism is on (XLA on CPU is deterministic anyway).
     Once on, op determinism stays on for the process.
     """
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    # also rejects unknown dtypes and devices
+    settings = _precision_settings(device, dtype, op_determinism=op_determinism)
     versions = {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}
-    if op_determinism:
-        tf.config.experimental.enable_op_determinism()
-    gpus = tf.config.list_physical_devices("GPU")
-    precision = {
-        "op_determinism": op_determinism,
-        "TF_ENABLE_ONEDNN_OPTS": _ONEDNN,
-        "onednn_set_before_import": not _TF_IMPORTED_FIRST,
-    }
-    if device == "cpu":
-        device_name = "/CPU:0"
-    elif device == "gpu":
-        if not gpus:
+    if device == "gpu":
+        if not tf.config.list_physical_devices("GPU"):
             build = "a CUDA build" if tf.test.is_built_with_cuda() else "a CPU-only build"
             raise DeviceUnavailableError(
                 f"tf: no gpu device (tf.config.list_physical_devices('GPU') is empty; "
                 f"tensorflow {tf.__version__} is {build})"
             )
-        # parity: TF32 would round conv and matmul inputs to 10 mantissa bits on Ampere+.
-        tf.config.experimental.enable_tensor_float_32_execution(False)
-        precision["tensor_float_32"] = tf.config.experimental.tensor_float_32_execution_enabled()
         device_name = "/GPU:0"
         build = tf.sysconfig.get_build_info()
         versions |= {"cuda": build.get("cuda_version"), "cudnn": build.get("cudnn_version")}
-    elif device == "tpu":
-        raise DeviceUnavailableError(
-            "tf: no tpu device (densenet_tf runs on cpu or gpu; TPUs need a TPUStrategy)"
-        )
     else:
-        raise DeviceUnavailableError(f"tf: unknown device {device!r} (cpu, gpu, tpu)")
+        device_name = "/CPU:0"
+    for name, value in settings.items():
+        _SETTINGS[name][0](value)
+    precision = {name: _SETTINGS[name][1]() for name in settings}  # read back
+    precision["onednn_set_before_import"] = not _TF_IMPORTED_FIRST
     return {
         "device": device,
         "device_name": device_name,
@@ -87,6 +126,31 @@ def environment(device: str, dtype: str, *, op_determinism: bool = True) -> dict
         },
         "versions": versions,
     }
+
+
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF/XLA 'same' padding (before, after) of a kernel x kernel / stride op on size."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _apply_mutation(model: DenseNet, kind: str, height: int, width: int) -> None:
+    """Self-check hook (harness --mutate tf:same_padding): the ImageNet stem's 7x7/2 conv and
+    3x3/2 max-pool pad the TF/XLA 'same' way, (2, 3) and (0, 1) on even sizes instead of the
+    spec's (3, 3) and (1, 1): the d2l JAX/TF tabs' mistake. Only the two ZeroPadding2D layers
+    change (zeros before the max-pool are fine: its input is post-ReLU); weights unchanged."""
+    if kind != "same_padding":
+        raise ValueError(
+            f"tf: unknown mutation {kind!r}; known: same_padding (bn_eps comes in the config)"
+        )
+    if model.config.stem != "imagenet":
+        raise ValueError("tf: same_padding changes the strided ImageNet stem; this config has none")
+    model.stem.pad.padding = (_same_pads(height, 7, 2), _same_pads(width, 7, 2))
+    model.stem.pool_pad.padding = (
+        _same_pads(-(-height // 2), 3, 2),
+        _same_pads(-(-width // 2), 3, 2),
+    )
 
 
 def _nhwc(a: np.ndarray) -> np.ndarray:
@@ -106,6 +170,8 @@ def run_case(case: Case) -> tuple[dict, dict]:
 
     with tf.device(info["device_name"]):
         model = DenseNet(case.config, memory_efficient=case.memory_efficient, dtype=case.dtype)
+        if "mutate" in case.options:
+            _apply_mutation(model, case.options["mutate"], *case.x.shape[2:])
 
         def reloaded() -> DenseNet:
             """The case's weights again: no running statistics leak between quantities."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import platform
+from collections import OrderedDict
 
 import numpy as np
 import torch
+from torch import nn
 
 from densenet_spec.case import Case, result_keys
 from densenet_spec.errors import DeviceUnavailableError
@@ -22,54 +24,130 @@ from densenet_torch.weights import from_canonical, to_canonical
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def environment(device: str, dtype: str) -> dict:
-    """Apply the device and precision settings for a parity run; return what was applied."""
+def _precision_settings(device: str, dtype: str) -> dict:
+    """The precision and determinism settings environment() applies for a parity run on device,
+    by name; pure (needs neither the device nor any change to the process), so it is testable
+    on CPU. environment() applies exactly these, through _SETTINGS, and records them read back."""
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    versions = {"torch": torch.__version__, "numpy": np.__version__}
     if device == "cpu":
-        torch.use_deterministic_algorithms(True)
-        precision = {"deterministic_algorithms": True}
-        device_name = platform.processor() or platform.machine()
-    elif device == "gpu":
+        return {"torch.use_deterministic_algorithms": True}
+    if device == "gpu":
+        return {
+            # cuBLAS needs a fixed workspace for reproducible matmuls; read when cuBLAS starts.
+            "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+            "torch.backends.cuda.matmul.allow_tf32": False,  # parity: TF32 rounds to 10 bits
+            "torch.backends.cudnn.allow_tf32": False,  # parity: likewise for convolutions
+            "torch.backends.cudnn.deterministic": True,
+            "torch.backends.cudnn.benchmark": False,  # autotuning may pick another kernel per run
+            # warn_only: an op without a deterministic CUDA kernel warns instead of failing.
+            "torch.use_deterministic_algorithms": "warn_only",
+        }
+    if device == "tpu":
+        raise DeviceUnavailableError(
+            "torch: no tpu device (torch/XLA is not supported by densenet_torch)"
+        )
+    raise DeviceUnavailableError(f"torch: unknown device {device!r} (cpu, gpu, tpu)")
+
+
+def _set_deterministic(value) -> None:
+    """True, "warn_only" or False, as _deterministic() reads it back."""
+    torch.use_deterministic_algorithms(bool(value), warn_only=value == "warn_only")
+
+
+def _deterministic():
+    if not torch.are_deterministic_algorithms_enabled():
+        return False
+    return "warn_only" if torch.is_deterministic_algorithms_warn_only_enabled() else True
+
+
+# name -> (apply the value, read it back): the only way environment() changes a setting.
+_SETTINGS = {
+    "CUBLAS_WORKSPACE_CONFIG": (
+        lambda v: os.environ.__setitem__("CUBLAS_WORKSPACE_CONFIG", v),
+        lambda: os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    ),
+    "torch.backends.cuda.matmul.allow_tf32": (
+        lambda v: setattr(torch.backends.cuda.matmul, "allow_tf32", v),
+        lambda: torch.backends.cuda.matmul.allow_tf32,
+    ),
+    "torch.backends.cudnn.allow_tf32": (
+        lambda v: setattr(torch.backends.cudnn, "allow_tf32", v),
+        lambda: torch.backends.cudnn.allow_tf32,
+    ),
+    "torch.backends.cudnn.deterministic": (
+        lambda v: setattr(torch.backends.cudnn, "deterministic", v),
+        lambda: torch.backends.cudnn.deterministic,
+    ),
+    "torch.backends.cudnn.benchmark": (
+        lambda v: setattr(torch.backends.cudnn, "benchmark", v),
+        lambda: torch.backends.cudnn.benchmark,
+    ),
+    "torch.use_deterministic_algorithms": (_set_deterministic, _deterministic),
+}
+
+
+def environment(device: str, dtype: str) -> dict:
+    """Apply the device and precision settings for a parity run; return what was applied."""
+    settings = _precision_settings(device, dtype)  # also rejects unknown dtypes and devices
+    versions = {"torch": torch.__version__, "numpy": np.__version__}
+    if device == "gpu":
         if not torch.cuda.is_available():
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
             raise DeviceUnavailableError(
                 f"torch: no gpu device (torch.cuda.is_available() is False; torch "
                 f"{torch.__version__} is {build})"
             )
-        # cuBLAS needs a fixed workspace for reproducible matmuls; read when cuBLAS starts.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cuda.matmul.allow_tf32 = False  # parity: TF32 would round to 10 bits
-        torch.backends.cudnn.allow_tf32 = False  # parity: likewise for convolutions
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False  # autotuning may pick a different kernel per run
-        # warn_only: an op without a deterministic CUDA kernel warns instead of failing the run.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        precision = {
-            "deterministic_algorithms": "warn_only",
-            "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
-            "cudnn.deterministic": torch.backends.cudnn.deterministic,
-            "cudnn.benchmark": torch.backends.cudnn.benchmark,
-            "CUBLAS_WORKSPACE_CONFIG": os.environ["CUBLAS_WORKSPACE_CONFIG"],
-        }
         versions |= {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
         device_name = torch.cuda.get_device_name()
-    elif device == "tpu":
-        raise DeviceUnavailableError(
-            "torch: no tpu device (torch/XLA is not supported by densenet_torch)"
-        )
     else:
-        raise DeviceUnavailableError(f"torch: unknown device {device!r} (cpu, gpu, tpu)")
+        device_name = platform.processor() or platform.machine()
+    for name, value in settings.items():
+        _SETTINGS[name][0](value)
     return {
         "device": device,
         "device_name": device_name,
         "dtype": dtype,
-        "precision": precision,
+        "precision": {name: _SETTINGS[name][1]() for name in settings},  # read back
         "num_threads": torch.get_num_threads(),
         "versions": versions,
     }
+
+
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF/XLA 'same' padding (before, after) of a kernel x kernel / stride op on size."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _apply_mutation(model: DenseNet, kind: str, height: int, width: int) -> None:
+    """Self-check hook (harness --mutate torch:same_padding): the ImageNet stem's 7x7/2 conv and
+    3x3/2 max-pool pad the TF/XLA 'same' way, (2, 3) and (0, 1) on even sizes instead of the
+    spec's (3, 3) and (1, 1): the d2l JAX/TF tabs' mistake. Weights and names are unchanged."""
+    if kind != "same_padding":
+        raise ValueError(
+            f"torch: unknown mutation {kind!r}; known: same_padding (bn_eps comes in the config)"
+        )
+    if model.config.stem != "imagenet":
+        raise ValueError(
+            "torch: same_padding changes the strided ImageNet stem; this config has none"
+        )
+    conv_h, conv_w = _same_pads(height, 7, 2), _same_pads(width, 7, 2)
+    pool_h, pool_w = _same_pads(-(-height // 2), 3, 2), _same_pads(-(-width // 2), 3, 2)
+    stem = model.stem
+    stem.conv.padding = (0, 0)
+    stem.pool.padding = 0
+    model.stem = nn.Sequential(
+        OrderedDict(
+            pad=nn.ZeroPad2d((*conv_w, *conv_h)),  # (left, right, top, bottom)
+            conv=stem.conv,
+            norm=stem.norm,
+            relu=stem.relu,
+            pool_pad=nn.ConstantPad2d((*pool_w, *pool_h), float("-inf")),
+            pool=stem.pool,
+        )
+    )
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -82,6 +160,7 @@ def run_case(case: Case) -> tuple[dict, dict]:
     case.options: "channels_last" (NHWC strides, same numbers), "threads" (CPU intra-op threads;
     torch's default is one per core, which oversubscribes a machine shared with other jobs).
     """
+    mutation = case.options.get("mutate")
     if "threads" in case.options:
         torch.set_num_threads(int(case.options["threads"]))
     info = environment(case.device, case.dtype)
@@ -97,6 +176,8 @@ def run_case(case: Case) -> tuple[dict, dict]:
         model = DenseNet(case.config, memory_efficient=case.memory_efficient)
         model.to(device=device, dtype=dtype, memory_format=memory_format)
         from_canonical(model, case.params)
+        if mutation is not None:
+            _apply_mutation(model, mutation, *case.x.shape[2:])
         return model
 
     def images(a: np.ndarray) -> torch.Tensor:

@@ -1,9 +1,11 @@
-"""The real worker entry point, as the harness runs it: a fresh process, files in and out."""
+"""densenet_tf.worker: the real entry point as the harness runs it (a fresh process, files in and
+out), the precision settings it applies, the self-check mutation."""
 
 import os
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
+import dataclasses  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -12,8 +14,14 @@ import pytest  # noqa: E402
 
 pytest.importorskip("tensorflow")
 
-from densenet_spec.case import read_results, write_case  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from densenet_spec.case import make_case, read_results, write_case  # noqa: E402
 from densenet_spec.compare import assert_close  # noqa: E402
+from densenet_spec.config import get_preset  # noqa: E402
+from densenet_tf import worker  # noqa: E402
+from densenet_tf.worker import _precision_settings, environment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,5 +51,82 @@ def test_worker_entry_point_with_xla(tmp_path, parity_case, oracle):
     assert info["memory_efficient"] is True
     assert info["precision"]["TF_ENABLE_ONEDNN_OPTS"] == "0"
     assert info["precision"]["onednn_set_before_import"] is True
-    assert info["precision"]["op_determinism"] is False
+    assert info["precision"]["tf.config.experimental.enable_op_determinism"] is False
+    assert info["precision"] == {
+        **_precision_settings("cpu", "float64", op_determinism=False),
+        "onednn_set_before_import": True,
+    }
     assert_close(results, oracle("tiny", 32, "float64", 2), "float64")
+
+
+def test_gpu_precision_settings_turn_tf32_off_and_ops_deterministic():
+    """What a gpu run would set, checked without a GPU."""
+    settings = _precision_settings("gpu", "float32")
+    assert settings["tf.config.experimental.enable_tensor_float_32_execution"] is False
+    assert settings["tf.config.experimental.enable_op_determinism"] is True
+    assert settings["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert _precision_settings("gpu", "float64") == settings
+    # XLA runs leave op determinism off (TF's XLA bridge has no deterministic MaxPoolGrad)
+    xla = _precision_settings("gpu", "float32", op_determinism=False)
+    assert xla["tf.config.experimental.enable_op_determinism"] is False
+    # TF32 is a GPU matter: the cpu settings leave it alone
+    assert "tf.config.experimental.enable_tensor_float_32_execution" not in _precision_settings(
+        "cpu", "float32"
+    )
+    with pytest.raises(ValueError, match="float16"):
+        _precision_settings("gpu", "float16")
+
+
+def _settings_in(info) -> dict:
+    """info["precision"] less the one fact that is not a setting: whether TF_ENABLE_ONEDNN_OPTS
+    was set before TensorFlow's import (False in this test process, which imports TensorFlow
+    first; conftest.py set the variable earlier still)."""
+    return {k: v for k, v in info["precision"].items() if k != "onednn_set_before_import"}
+
+
+def _onednn_as_the_worker_sets_it():
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
+        pytest.skip("TF_ENABLE_ONEDNN_OPTS was set otherwise before TensorFlow started")
+
+
+def test_gpu_environment_applies_exactly_the_gpu_settings(monkeypatch):
+    """environment("gpu") with TensorFlow told a GPU is there: each setting goes through the
+    worker's table and is read back (TF32 off changes nothing on CPU; restored afterwards)."""
+    _onednn_as_the_worker_sets_it()
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["stand-in GPU"])
+    tf32_before = tf.config.experimental.tensor_float_32_execution_enabled()
+    try:
+        info = environment("gpu", "float32")
+        assert tf.config.experimental.tensor_float_32_execution_enabled() is False
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(tf32_before)
+    assert _settings_in(info) == _precision_settings("gpu", "float32")
+    assert info["device_name"] == "/GPU:0"
+
+
+def test_cpu_precision_settings_are_what_a_cpu_run_records():
+    _onednn_as_the_worker_sets_it()
+    case = make_case(get_preset("tiny"), batch=2, image_size=16, quantities=("eval",))
+    _, info = worker.run_case(case)
+    assert _settings_in(info) == _precision_settings("cpu", "float64")
+    assert info["precision"]["tf.config.experimental.enable_op_determinism"] is True
+
+
+def test_same_padding_mutation_changes_only_the_stem_padding():
+    """--mutate tf:same_padding: the stem pads (2, 3) / (0, 1) on 32x32 (same shapes, other
+    numbers); on 33x33 'same' pads (3, 3) / (1, 1), exactly the spec, so nothing changes."""
+    for size, changed in ((32, True), (33, False)):
+        case = make_case(get_preset("tiny"), batch=2, image_size=size, quantities=("eval",))
+        plain, _ = worker.run_case(case)
+        mutated, _ = worker.run_case(dataclasses.replace(case, options={"mutate": "same_padding"}))
+        assert mutated["eval/stem"].shape == plain["eval/stem"].shape
+        assert (not np.array_equal(mutated["eval/stem"], plain["eval/stem"])) is changed
+
+
+def test_unknown_or_inapplicable_mutation_raises():
+    case = make_case(get_preset("tiny"), batch=2, image_size=16, quantities=("eval",))
+    with pytest.raises(ValueError, match="unknown mutation 'bn_eps'"):
+        worker.run_case(dataclasses.replace(case, options={"mutate": "bn_eps"}))
+    cifar = make_case(get_preset("densenet_bc_100"), batch=2, image_size=8, quantities=("eval",))
+    with pytest.raises(ValueError, match="ImageNet stem"):
+        worker.run_case(dataclasses.replace(cifar, options={"mutate": "same_padding"}))

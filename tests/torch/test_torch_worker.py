@@ -1,5 +1,6 @@
 """densenet_torch.worker: devices, the settings it applies, the real worker entry point."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,12 +10,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import numpy as np  # noqa: E402
+
 from densenet_spec import reference  # noqa: E402
 from densenet_spec.case import make_case, read_results, result_keys, write_case  # noqa: E402
 from densenet_spec.compare import assert_close  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_spec.errors import DeviceUnavailableError  # noqa: E402
-from densenet_torch.worker import environment, run_case  # noqa: E402
+from densenet_torch import worker  # noqa: E402
+from densenet_torch.worker import _precision_settings, environment, run_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
@@ -23,7 +27,7 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present"
 def test_cpu_environment_is_deterministic():
     info = environment("cpu", "float64")
     assert torch.are_deterministic_algorithms_enabled()
-    assert info["precision"] == {"deterministic_algorithms": True}
+    assert info["precision"] == {"torch.use_deterministic_algorithms": True}
     assert info["versions"]["torch"] == torch.__version__
 
 
@@ -39,6 +43,49 @@ def test_gpu_without_gpu_raises_named_error():
 def test_tpu_is_not_supported():
     with pytest.raises(DeviceUnavailableError, match="torch/XLA"):
         environment("tpu", "float32")
+
+
+def test_gpu_precision_settings_turn_tf32_off_and_cudnn_deterministic():
+    """What a gpu run would set, checked without a GPU: the names are torch's own attributes."""
+    settings = _precision_settings("gpu", "float32")
+    assert settings["torch.backends.cuda.matmul.allow_tf32"] is False  # matmul: no TF32
+    assert settings["torch.backends.cudnn.allow_tf32"] is False  # convolutions: no TF32
+    assert settings["torch.backends.cudnn.deterministic"] is True
+    assert settings["torch.backends.cudnn.benchmark"] is False
+    assert settings["torch.use_deterministic_algorithms"] == "warn_only"
+    assert settings["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert _precision_settings("gpu", "float64") == settings
+    with pytest.raises(ValueError, match="float16"):
+        _precision_settings("gpu", "float16")
+
+
+def test_gpu_environment_applies_exactly_the_gpu_settings(monkeypatch):
+    """environment("gpu") with torch told a GPU is there: every setting is applied through the
+    worker's table and read back (on CPU these flags change nothing; restored afterwards)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stand-in GPU")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # overridden, restored on teardown
+    settings = _precision_settings("gpu", "float32")
+    before = {n: worker._SETTINGS[n][1]() for n in settings if n != "CUBLAS_WORKSPACE_CONFIG"}
+    try:
+        info = environment("gpu", "float32")
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        for name, value in before.items():
+            worker._SETTINGS[name][0](value)
+    assert info["precision"] == settings
+    assert info["device_name"] == "stand-in GPU"
+
+
+def test_cpu_precision_settings_are_what_a_cpu_run_records():
+    case = make_case(get_preset("tiny"), batch=2, image_size=16, quantities=("eval",))
+    _, info = run_case(case)
+    assert info["precision"] == _precision_settings("cpu", "float64")
+    assert info["precision"] == {"torch.use_deterministic_algorithms": True}
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()
 
 
 def test_result_keys_and_layout():
@@ -76,3 +123,27 @@ def test_worker_entry_point_gpu_exits_2_with_named_error(tmp_path):
     assert proc.returncode == 2
     assert "DeviceUnavailableError: torch: no gpu device" in proc.stderr
     assert not (tmp_path / "r.safetensors").exists()
+
+
+def test_same_padding_mutation_changes_only_the_stem_padding():
+    """--mutate torch:same_padding: the stem pads (2, 3) / (0, 1) on 32x32 (same shapes, other
+    numbers, weights untouched); on 33x33 'same' pads (3, 3) / (1, 1), exactly the spec."""
+    for size, changed in ((32, True), (33, False)):
+        case = make_case(get_preset("tiny"), batch=2, image_size=size, steps=0,
+                         quantities=("eval", "step"))
+        plain, _ = run_case(case)
+        mutated, _ = run_case(dataclasses.replace(case, options={"mutate": "same_padding"}))
+        assert mutated["eval/stem"].shape == plain["eval/stem"].shape
+        assert (not np.array_equal(mutated["eval/stem"], plain["eval/stem"])) is changed
+        for k in plain:
+            if k.startswith("step/"):  # zero steps: the loaded weights, under the same names
+                np.testing.assert_array_equal(mutated[k], plain[k], err_msg=k)
+
+
+def test_unknown_or_inapplicable_mutation_raises():
+    case = make_case(get_preset("tiny"), batch=2, image_size=16, quantities=("eval",))
+    with pytest.raises(ValueError, match="unknown mutation 'bn_eps'"):
+        run_case(dataclasses.replace(case, options={"mutate": "bn_eps"}))
+    cifar = make_case(get_preset("densenet_bc_100"), batch=2, image_size=8, quantities=("eval",))
+    with pytest.raises(ValueError, match="ImageNet stem"):
+        run_case(dataclasses.replace(cifar, options={"mutate": "same_padding"}))
