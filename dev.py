@@ -43,7 +43,7 @@ def _run(python, args, env_name):
 def parity(argv) -> int:
     python = envs.ensure_env("spec")
     if not argv:
-        argv = ["--preset", "d2l", "--json", "reports/parity-d2l.json"]
+        argv = ["--preset", "d2l", "--report", "reports/d2l"]
     frameworks = envs.FRAMEWORKS
     for i, a in enumerate(argv):
         if a == "--frameworks" and i + 1 < len(argv):
