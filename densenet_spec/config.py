@@ -207,9 +207,8 @@ def check_input_shape(config: DenseNetConfig, shape, layout: str = "NCHW", *, tr
     if layout not in ("NCHW", "NHWC"):
         raise ValueError(f"layout must be NCHW or NHWC, got {layout!r}")
     if len(shape) != 4:
-        raise InputShapeError(
-            f"input must have rank 4 ({layout}: batch, channels, height, width), got shape {shape}"
-        )
+        axes = "batch, channels, height, width" if layout == "NCHW" else "batch, height, width, channels"
+        raise InputShapeError(f"input must have rank 4 ({layout}: {axes}), got shape {shape}")
     n, c, h, w = shape if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
     if c != config.in_channels:
         raise InputShapeError(

@@ -131,7 +131,7 @@ def run_worker(framework: str, case_dir: Path, setup: bool = True, log=print) ->
     cmd = [str(python), "-m", "densenet_spec.worker", framework, str(case_dir), str(out)]
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=envs.worker_env(framework), timeout=WORKER_TIMEOUT_S
+            cmd, capture_output=True, text=True, env=envs.worker_env(framework, parity=True), timeout=WORKER_TIMEOUT_S
         )
     except subprocess.TimeoutExpired:
         return FrameworkRun(framework, False, error=f"worker timed out after {WORKER_TIMEOUT_S} s")

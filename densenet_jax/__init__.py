@@ -1,0 +1,6 @@
+"""DenseNet in JAX: Flax NNX modules, Optax SGD, channels last (NHWC) inside the model."""
+
+from densenet_jax.model import DenseNet
+from densenet_jax.weights import from_canonical, load_weights, save_weights, to_canonical
+
+__all__ = ["DenseNet", "from_canonical", "load_weights", "save_weights", "to_canonical"]

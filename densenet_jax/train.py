@@ -1,0 +1,81 @@
+"""Loss, the spec's SGD, one train step and an eval step, compiled with nnx.jit."""
+
+from __future__ import annotations
+
+import jax
+import optax
+from flax import nnx
+
+from densenet_jax.weights import _canonical
+from densenet_spec.case import SGDConfig
+from densenet_spec.params import param_specs
+
+
+def loss_fn(logits, labels):
+    """Mean cross-entropy over the batch, integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_optimizer(model, sgd: SGDConfig) -> nnx.Optimizer:
+    """SGD with momentum and coupled L2 decay on every Param, as torch.optim.SGD.
+
+    buf = momentum * buf + (grad + weight_decay * param); param -= lr * buf.
+    """
+    tx = optax.chain(
+        # parity: coupled L2 (added to the gradient before momentum), torch.optim.SGD's
+        # weight_decay; optax.sgd has none and optax.adamw-style decay would be decoupled.
+        optax.add_decayed_weights(sgd.weight_decay),
+        optax.sgd(sgd.lr, momentum=sgd.momentum),
+    )
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+@nnx.jit
+def _train_step(model, optimizer, x, y):
+    def loss_of(model):
+        return loss_fn(model(x), y)
+
+    loss, grads = nnx.value_and_grad(loss_of)(model)  # BN running stats updated here, once
+    optimizer.update(model, grads)
+    return loss
+
+
+def train_step(model, optimizer: nnx.Optimizer, x, y) -> jax.Array:
+    """Forward in train mode, backward, one SGD update; returns the loss."""
+    model.train()
+    return _train_step(model, optimizer, x, y)
+
+
+@nnx.jit
+def _eval_step(model, x):
+    return model(x)
+
+
+def eval_step(model, x) -> jax.Array:
+    """Logits with BatchNorm on its running statistics."""
+    model.eval()
+    return _eval_step(model, x)
+
+
+@nnx.jit
+def _loss_and_gradients(model, x, y):
+    """One forward and backward pass: loss, d loss / d x, d loss / d params, stage outputs."""
+
+    def loss_of(model, x):
+        features = model.forward_features(x)
+        return loss_fn(features["logits"], y), features
+
+    grad_fn = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)  # model's Params, x
+    (loss, features), (grads, grad_input) = grad_fn(model, x)
+    return loss, grad_input, grads, features
+
+
+def gradients(model, x, y, training: bool):
+    """(loss, d loss / d x in NHWC, {canonical name: gradient in canonical layout})."""
+    if training:
+        model.train()
+    else:
+        model.eval()
+    loss, grad_input, grads, _ = _loss_and_gradients(model, x, y)
+    trainable = [s for s in param_specs(model.config) if s.trainable]
+    return loss, grad_input, _canonical(grads, trainable)
