@@ -99,14 +99,15 @@ def main(argv=None) -> int:
         console.print(f"[bold red]error:[/] {e}")
         return 2
     command = "densenet-parity " + " ".join(shlex.quote(a) for a in argv)
-    result = run_parity(
-        case,
-        frameworks,
-        setup=not args.no_setup,
-        log=report.logger(console),
-        command=command,
-        mutations=mutations,
-    )
+    with console.status("starting", spinner="dots") as status:
+        result = run_parity(
+            case,
+            frameworks,
+            setup=not args.no_setup,
+            log=report.logger(console, status),
+            command=command,
+            mutations=mutations,
+        )
     report.print_report(result, console)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,16 @@ def console() -> Console:
     return Console(highlight=False, width=max(width, 120))
 
 
-def logger(con: Console):
-    return lambda msg: con.print(f"[dim]{msg}[/]")
+def logger(con: Console, status=None):
+    """Print each harness step and show it beside a spinner while it runs (environment builds,
+    workers, the oracle): the spinner is what a person watches during a minutes-long step."""
+
+    def log(msg: str) -> None:
+        con.print(f"[dim]{msg}[/]")
+        if status is not None:
+            status.update(f"{msg} ...")
+
+    return log
 
 
 def print_report(report: ParityReport, con: Console) -> None:
