@@ -1,5 +1,7 @@
-"""densenet_jax.worker: devices, the settings it applies, the real worker entry point."""
+"""densenet_jax.worker: devices, the settings it applies, the real worker entry point, the
+self-check mutation."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,12 +11,14 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
+import numpy as np  # noqa: E402
+
 from densenet_spec import reference  # noqa: E402
 from densenet_spec.case import make_case, read_results, result_keys, write_case  # noqa: E402
 from densenet_spec.compare import assert_close  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_spec.errors import DeviceUnavailableError  # noqa: E402
-from densenet_jax.worker import environment, run_case  # noqa: E402
+from densenet_jax.worker import _precision_settings, environment, run_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +32,7 @@ def _has(platform):
 
 def test_cpu_environment():
     info = environment("cpu", "float64")
-    assert info["x64"] is True and info["precision"] == "default"
+    assert info["x64"] is True and info["precision"] == {"jax_enable_x64": True}
     assert info["device"].startswith("cpu") or info["device"].startswith("TFRT_CPU")
     assert info["versions"]["jax"] == jax.__version__
 
@@ -42,6 +46,73 @@ def test_missing_accelerator_raises_named_error(device):
     case = make_case(get_preset("tiny"), batch=2, image_size=16, device=device)
     with pytest.raises(DeviceUnavailableError, match=f"jax: no {device} device"):
         run_case(case)
+
+
+@pytest.mark.parametrize("device", ["gpu", "tpu"])
+def test_accelerator_precision_settings_ask_for_highest(device):
+    """What a gpu / tpu run would set, checked without one: JAX's default lets float32 convs and
+    matmuls use TF32 (GPU) or bfloat16 passes (TPU)."""
+    settings = _precision_settings(device, "float32")
+    assert settings == {"jax_default_matmul_precision": "highest"}
+    assert _precision_settings(device, "float64") == {**settings, "jax_enable_x64": True}
+    with pytest.raises(ValueError, match="float16"):
+        _precision_settings(device, "float16")
+
+
+def test_cpu_precision_settings_leave_matmul_precision_alone():
+    assert _precision_settings("cpu", "float64") == {"jax_enable_x64": True}
+    assert _precision_settings("cpu", "float32") == {}  # x64 is never turned off
+    with pytest.raises(DeviceUnavailableError, match="jax: unknown device 'npu'"):
+        _precision_settings("npu", "float32")
+
+
+def test_gpu_environment_applies_exactly_the_gpu_settings(monkeypatch):
+    """environment("gpu") with JAX's CPU standing in for the GPU: each setting is applied with
+    jax.config.update and read back (restored afterwards)."""
+    cpu_devices = jax.devices("cpu")
+    monkeypatch.setattr(jax, "devices", lambda backend=None: cpu_devices)
+    names = ("jax_default_matmul_precision", "jax_default_device")
+    before = {n: getattr(jax.config, n) for n in names}
+    try:
+        info = environment("gpu", "float32")
+        assert jax.config.jax_default_matmul_precision == "highest"
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+    assert info["precision"] == _precision_settings("gpu", "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cpu_precision_settings_are_what_a_cpu_run_records(dtype):
+    case = make_case(get_preset("tiny"), batch=2, image_size=16, dtype=dtype, quantities=("eval",))
+    results, info = run_case(case)
+    assert info["precision"] == _precision_settings("cpu", dtype)
+    assert "jax_default_matmul_precision" not in info["precision"]
+    assert results["eval/logits"].dtype == np.dtype(dtype)
+
+
+def test_same_padding_mutation_changes_only_the_stem_padding():
+    """--mutate jax:same_padding: the stem pads (2, 3) / (0, 1) on 32x32 (same shapes, other
+    numbers, weights untouched); on 33x33 'same' pads (3, 3) / (1, 1), exactly the spec."""
+    for size, changed in ((32, True), (33, False)):
+        case = make_case(get_preset("tiny"), batch=2, image_size=size, steps=0,
+                         quantities=("eval", "step"))
+        plain, _ = run_case(case)
+        mutated, _ = run_case(dataclasses.replace(case, options={"mutate": "same_padding"}))
+        assert mutated["eval/stem"].shape == plain["eval/stem"].shape
+        assert (not np.array_equal(mutated["eval/stem"], plain["eval/stem"])) is changed
+        for k in plain:
+            if k.startswith("step/"):  # zero steps: the loaded weights, under the same names
+                np.testing.assert_array_equal(mutated[k], plain[k], err_msg=k)
+
+
+def test_unknown_or_inapplicable_mutation_raises():
+    case = make_case(get_preset("tiny"), batch=2, image_size=16, quantities=("eval",))
+    with pytest.raises(ValueError, match="unknown mutation 'bn_eps'"):
+        run_case(dataclasses.replace(case, options={"mutate": "bn_eps"}))
+    cifar = make_case(get_preset("densenet_bc_100"), batch=2, image_size=8, quantities=("eval",))
+    with pytest.raises(ValueError, match="ImageNet stem"):
+        run_case(dataclasses.replace(cifar, options={"mutate": "same_padding"}))
 
 
 def _worker(case_dir, out):
