@@ -1,5 +1,5 @@
-"""densenet-bench: the FLOP count against an independent count, the run plan, and one tiny end-to-end
-run of the CLI for torch (skipped without .venvs/torch). Timings are never asserted."""
+"""densenet-bench: the FLOP count against an independent count, the run plan, and one tiny
+end-to-end run of the CLI for torch (skipped without .venvs/torch). Timings are never asserted."""
 
 import json
 import subprocess
@@ -71,7 +71,9 @@ def test_plan_puts_each_peer_after_ours_and_skips_what_peers_lack():
     runs, notes = _plan(["--peers", "--preset", "densenet161", "--mode", "infer"])
     assert [t.name for t, _, _ in runs] == ["torch", "torchvision", "jax", "tf", "mx", "gluon"]
     assert any("keras-jax" in n for n in notes) and any("keras-tf" in n for n in notes)
-    runs, notes = _plan(["--peers", "--preset", "tiny", "--frameworks", "torch", "--memory-efficient"])
+    runs, notes = _plan(
+        ["--peers", "--preset", "tiny", "--frameworks", "torch", "--memory-efficient"]
+    )
     assert [t.name for t, _, _ in runs] == ["torch", "torch"]
     assert all(r.memory_efficient for _, _, r in runs)
 
@@ -120,7 +122,8 @@ def test_cli_writes_one_json_line_per_mode_with_every_field(torch_lines):
         assert line["rss_peak_mb"] >= line["rss_setup_mb"] > 0
         assert line["threads"]["intra_op"] == 1
         assert "torch" in line["versions"]
-        assert line["forward_gmac"] == pytest.approx(flops.forward_macs(get_preset("tiny"), 32) / 1e9)
+        macs = flops.forward_macs(get_preset("tiny"), 32)
+        assert line["forward_gmac"] == pytest.approx(macs / 1e9)
         assert line["peak"]["n"] == 128 and line["peak"]["gflops"] > 0
         assert line["command"] == "densenet-bench " + " ".join(argv)
         assert "benchmarks.runner" in line["runner_command"]
@@ -132,3 +135,10 @@ def test_report_writes_markdown_and_a_plot(torch_lines, tmp_path):
     assert table.splitlines()[0].startswith("| target |") and table.count("| torch |") == 2
     report.plot(lines, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_keeps_the_latest_rerun_of_each_measurement():
+    a = {"target": "torch", "variant": "eager", "preset": "tiny", "batch": 2, "image_size": 32,
+         "mode": "infer", "memory_efficient": False, "device": "cpu", "n": 1}
+    b, c = {**a, "mode": "train", "n": 2}, {**a, "n": 3}
+    assert [line["n"] for line in report.latest([a, b, c])] == [3, 2]

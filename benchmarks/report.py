@@ -1,0 +1,187 @@
+"""Tables and a plot from densenet-bench's JSON lines.
+
+    python -m benchmarks.report results.jsonl [--markdown table.md] [--plot bench.png]
+
+prints the rich table, writes a Markdown table and a PNG with throughput and peak memory per
+target (inference and training side by side). Runs in the spec environment (rich, matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+COLUMNS = ("target", "variant", "preset", "batch", "size", "mode", "img/s", "min-max",
+           "1st call s", "RSS MiB", "dev MiB", "GFLOP/s", "% peak", "load")
+
+
+def console() -> Console:
+    """Wide enough for every column when the output goes to a file or a pipe."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def load(path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+KEY = ("target", "variant", "preset", "batch", "image_size", "mode", "memory_efficient", "device")
+
+
+def latest(lines: list[dict]) -> list[dict]:
+    """The last result of each measurement (a re-run appended later replaces the earlier one),
+    in the order the measurements were first made."""
+    last = {tuple(ln.get(k) for k in KEY): ln for ln in lines}
+    firsts = dict.fromkeys(tuple(ln.get(k) for k in KEY) for ln in lines)
+    return [last[k] for k in firsts]
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def row(line: dict) -> list[str]:
+    """One result as table cells; a failed or skipped one says why in the throughput cell."""
+    head = [line["target"], line["variant"] + (" +memeff" if line.get("memory_efficient") else ""),
+            line["preset"], str(line["batch"]), str(line["image_size"]), line["mode"]]
+    if not line.get("ok"):
+        return head + ["skipped" if line.get("skipped") else "FAILED"] + [""] * (
+            len(COLUMNS) - len(head) - 1
+        )
+    frac = line.get("fraction_of_peak")
+    return head + [
+        _num(line["throughput"], ".1f"),
+        f"{line['throughput_min']:.1f}-{line['throughput_max']:.1f}",
+        _num(line["first_call_s"], ".2f"),
+        _num(line.get("rss_peak_mb"), ".0f"),
+        _num(line.get("device_peak_mb"), ".0f"),
+        _num(line.get("achieved_gflops"), ".1f"),
+        "-" if frac is None else f"{100 * frac:.0f}%",
+        _num((line.get("load_avg_start") or [None])[0], ".1f"),  # 1-minute load at the start
+    ]
+
+
+def problems(lines: list[dict]) -> list[str]:
+    """Why each skipped or failed result did not run (the first line of the reason)."""
+    out = []
+    for ln in lines:
+        if not ln.get("ok"):
+            why = ln.get("skipped") or ln.get("error") or "failed"
+            out.append(f"{ln['target']}/{ln['variant']} {ln['mode']}: {why.splitlines()[0]}")
+    return list(dict.fromkeys(out))
+
+
+def _caption(lines: list[dict]) -> str:
+    first = next((ln for ln in lines if ln.get("ok")), lines[0] if lines else {})
+    peak = first.get("peak") or {}
+    cpu, cpus = first.get("cpu", "?"), first.get("usable_cpus", "?")
+    parts = [f"{cpu}, {cpus} CPUs, device {first.get('device', '?')}"]
+    if peak:
+        parts.append(
+            f"float32 matmul peak {peak['gflops']:.1f} GFLOP/s ({peak['n']}^2, {peak['blas']})"
+        )
+    loads = [ln["load_avg_start"][0] for ln in lines if ln.get("load_avg_start")]
+    if loads:
+        parts.append(f"load average {min(loads):.2f}-{max(loads):.2f} during the runs")
+    return "; ".join(parts)
+
+
+def print_table(lines: list[dict], con: Console) -> None:
+    table = Table(title="densenet-bench: median of the timed iterations (images per second)",
+                  caption=_caption(lines))
+    for col in COLUMNS:
+        left = col in ("target", "variant", "preset", "mode")
+        table.add_column(col, justify="left" if left else "right")
+    for line in lines:
+        table.add_row(*row(line), style=None if line.get("ok") else "yellow")
+    con.print(table)
+    for p in problems(lines):
+        con.print(f"[yellow]{p}[/]")
+
+
+def markdown(lines: list[dict]) -> str:
+    out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(row(line)) + " |" for line in lines]
+    notes = "".join(f"- {p}\n" for p in problems(lines))
+    return "\n".join(out) + f"\n\n{_caption(lines)}\n" + (f"\n{notes}" if notes else "")
+
+
+def _label(line: dict, vary: set[str]) -> str:
+    label = f"{line['target']}/{line['variant']}"
+    if line.get("memory_efficient"):
+        label += "+memeff"
+    for key in ("preset", "batch", "image_size"):
+        if key in vary:
+            label += f" {line[key]}"
+    return label
+
+
+def plot(lines: list[dict], path) -> None:
+    """Throughput (top) and peak host memory (bottom) per target, inference beside training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [ln for ln in lines if ln.get("ok")]
+    vary = {k for k in ("preset", "batch", "image_size") if len({ln[k] for ln in ok}) > 1}
+    labels = list(dict.fromkeys(_label(ln, vary) for ln in ok))
+    modes = [m for m in ("infer", "train") if any(ln["mode"] == m for ln in ok)]
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(labels) + 2), 7), sharex=True)
+    width = 0.8 / max(len(modes), 1)
+    for j, mode in enumerate(modes):
+        by_label = {_label(ln, vary): ln for ln in ok if ln["mode"] == mode}
+        xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(labels))]
+        for ax, key in zip(axes, ("throughput", "rss_peak_mb")):
+            values = [by_label[lb][key] if lb in by_label else 0 for lb in labels]
+            ax.bar(xs, values, width, label=mode)
+        low = [by_label[lb]["throughput"] - by_label[lb]["throughput_min"] if lb in by_label else 0
+               for lb in labels]
+        high = [by_label[lb]["throughput_max"] - by_label[lb]["throughput"] if lb in by_label else 0
+                for lb in labels]
+        axes[0].errorbar(xs, [by_label[lb]["throughput"] if lb in by_label else 0 for lb in labels],
+                         yerr=[low, high], fmt="none", ecolor="black", capsize=2, lw=0.8)
+    axes[0].set_ylabel("images / s (median, min-max)")
+    axes[1].set_ylabel("peak host RSS (MiB)")
+    axes[0].legend()
+    axes[1].set_xticks(range(len(labels)))
+    axes[1].set_xticklabels(labels, rotation=35, ha="right")
+    title = "DenseNet throughput and memory"
+    if ok and "preset" not in vary:
+        title += f": {ok[0]['preset']}, batch {ok[0]['batch']}, {ok[0]['image_size']}px"
+    axes[0].set_title(title)
+    fig.text(0.01, 0.005, textwrap.fill(_caption(lines), 110), fontsize=7)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.report", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("results", type=Path, help="JSON lines written by densenet-bench --json")
+    p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
+    p.add_argument("--plot", type=Path, help="write a PNG of throughput and memory here")
+    p.add_argument("--all", action="store_true",
+                   help="show every line; by default a re-run measurement replaces the earlier one")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    lines = load(args.results)
+    if not args.all:
+        lines = latest(lines)
+    print_table(lines, console())
+    if args.markdown:
+        args.markdown.write_text(markdown(lines))
+    if args.plot:
+        plot(lines, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
