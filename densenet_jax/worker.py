@@ -13,6 +13,7 @@ from densenet_jax.model import DenseNet
 from densenet_jax.train import _loss_and_gradients, loss_fn, make_optimizer, train_step
 from densenet_jax.weights import _canonical, from_canonical, to_canonical
 from densenet_spec.case import Case, result_keys
+from densenet_spec.config import same_pads
 from densenet_spec.errors import DeviceUnavailableError
 from densenet_spec.params import param_specs
 
@@ -63,12 +64,6 @@ def environment(device: str, dtype: str) -> dict:
     }
 
 
-def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF/XLA 'same' padding (before, after) of a kernel x kernel / stride op on size."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
 
 class _SamePaddingStem(nnx.Module):
     """densenet_jax.model's ImageNet stem (the same conv and norm, so the same weights under the
@@ -103,8 +98,8 @@ def _apply_mutation(model: DenseNet, kind: str, height: int, width: int) -> None
         )
     model.stem = _SamePaddingStem(
         model.stem,
-        conv_padding=(_same_pads(height, 7, 2), _same_pads(width, 7, 2)),
-        pool_padding=(_same_pads(-(-height // 2), 3, 2), _same_pads(-(-width // 2), 3, 2)),
+        conv_padding=(same_pads(height, 7, 2), same_pads(width, 7, 2)),
+        pool_padding=(same_pads(-(-height // 2), 3, 2), same_pads(-(-width // 2), 3, 2)),
     )
 
 

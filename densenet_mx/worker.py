@@ -17,6 +17,7 @@ from mxnet import autograd, nd
 from mxnet.gluon import nn
 
 from densenet_spec.case import Case
+from densenet_spec.config import same_pads
 from densenet_spec.errors import DeviceUnavailableError
 from densenet_mx.model import DenseNet
 from densenet_mx.train import gradients, loss_fn, make_optimizer, train_step
@@ -95,12 +96,6 @@ def environment(device: str, dtype: str) -> dict:
     }
 
 
-def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF/XLA 'same' padding (before, after) of a kernel x kernel / stride op on size."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
 
 class _Pad(nn.HybridBlock):
     """Constant padding of H and W by ((top, bottom), (left, right)); no parameters."""
@@ -128,9 +123,9 @@ def _apply_mutation(model: DenseNet, kind: str, height: int, width: int) -> None
     if model.config.stem != "imagenet":
         raise ValueError("mx: same_padding changes the strided ImageNet stem; this config has none")
     stem = model.stem
-    stem.pad = _Pad((_same_pads(height, 7, 2), _same_pads(width, 7, 2)), 0.0)
+    stem.pad = _Pad((same_pads(height, 7, 2), same_pads(width, 7, 2)), 0.0)
     # zeros, not -inf, before the max-pool: its input is post-ReLU (>= 0), as in densenet_tf
-    stem.pool_pad = _Pad((_same_pads(-(-height // 2), 3, 2), _same_pads(-(-width // 2), 3, 2)), 0.0)
+    stem.pool_pad = _Pad((same_pads(-(-height // 2), 3, 2), same_pads(-(-width // 2), 3, 2)), 0.0)
     stem.conv._kwargs["pad"] = (0, 0)
     stem.pool._kwargs["pad"] = (0, 0)
     stem._order = ("pad", "conv", "norm", "relu", "pool_pad", "pool")

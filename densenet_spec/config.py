@@ -188,6 +188,18 @@ def spatial_sizes(config: DenseNetConfig, height: int, width: int) -> dict[str, 
     return sizes
 
 
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF/XLA 'same' padding (before, after) of a kernel x kernel / stride op on `size`.
+
+    out = ceil(size / stride); the total padding goes mostly after: the ImageNet stem's 7x7/2 conv
+    pads (2, 3) and its 3x3/2 max-pool (0, 1) on even sizes, where the spec pads (3, 3) and (1, 1).
+    Only the --mutate same_padding self-check uses it: it is the d2l JAX/TF tabs' mistake.
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
 def min_image_size(config: DenseNetConfig) -> int:
     """Smallest square image for which every stage keeps at least one pixel."""
     size = 1

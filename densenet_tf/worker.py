@@ -33,6 +33,7 @@ from tensorflow.python.framework import config as _tf_config  # noqa: E402  (op 
 
 import keras  # noqa: E402
 from densenet_spec.case import Case  # noqa: E402
+from densenet_spec.config import same_pads
 from densenet_spec.errors import DeviceUnavailableError  # noqa: E402
 from densenet_tf.model import DenseNet  # noqa: E402
 from densenet_tf.train import gradients, loss_fn, make_optimizer, train_step  # noqa: E402
@@ -128,12 +129,6 @@ def environment(device: str, dtype: str, *, op_determinism: bool = True) -> dict
     }
 
 
-def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF/XLA 'same' padding (before, after) of a kernel x kernel / stride op on size."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
 
 def _apply_mutation(model: DenseNet, kind: str, height: int, width: int) -> None:
     """Self-check hook (harness --mutate tf:same_padding): the ImageNet stem's 7x7/2 conv and
@@ -146,10 +141,10 @@ def _apply_mutation(model: DenseNet, kind: str, height: int, width: int) -> None
         )
     if model.config.stem != "imagenet":
         raise ValueError("tf: same_padding changes the strided ImageNet stem; this config has none")
-    model.stem.pad.padding = (_same_pads(height, 7, 2), _same_pads(width, 7, 2))
+    model.stem.pad.padding = (same_pads(height, 7, 2), same_pads(width, 7, 2))
     model.stem.pool_pad.padding = (
-        _same_pads(-(-height // 2), 3, 2),
-        _same_pads(-(-width // 2), 3, 2),
+        same_pads(-(-height // 2), 3, 2),
+        same_pads(-(-width // 2), 3, 2),
     )
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from densenet_spec.case import Case, result_keys
+from densenet_spec.config import same_pads
 from densenet_spec.errors import DeviceUnavailableError
 from densenet_torch.model import DenseNet
 from densenet_torch.train import gradients, loss_fn, make_optimizer, train_step
@@ -114,12 +115,6 @@ def environment(device: str, dtype: str) -> dict:
     }
 
 
-def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF/XLA 'same' padding (before, after) of a kernel x kernel / stride op on size."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
 
 def _apply_mutation(model: DenseNet, kind: str, height: int, width: int) -> None:
     """Self-check hook (harness --mutate torch:same_padding): the ImageNet stem's 7x7/2 conv and
@@ -133,8 +128,8 @@ def _apply_mutation(model: DenseNet, kind: str, height: int, width: int) -> None
         raise ValueError(
             "torch: same_padding changes the strided ImageNet stem; this config has none"
         )
-    conv_h, conv_w = _same_pads(height, 7, 2), _same_pads(width, 7, 2)
-    pool_h, pool_w = _same_pads(-(-height // 2), 3, 2), _same_pads(-(-width // 2), 3, 2)
+    conv_h, conv_w = same_pads(height, 7, 2), same_pads(width, 7, 2)
+    pool_h, pool_w = same_pads(-(-height // 2), 3, 2), same_pads(-(-width // 2), 3, 2)
     stem = model.stem
     stem.conv.padding = (0, 0)
     stem.pool.padding = 0

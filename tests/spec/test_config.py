@@ -181,3 +181,14 @@ def test_parameter_table_is_consistent_for_any_config(cfg):
     if m > 1:
         with pytest.raises(InputShapeError):
             check_input_shape(cfg, (1, cfg.in_channels, m - 1, m - 1))
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, pads",
+    [(32, 7, 2, (2, 3)), (33, 7, 2, (3, 3)), (16, 3, 2, (0, 1)), (17, 3, 2, (1, 1)), (5, 3, 1, (1, 1))],
+)
+def test_same_pads_match_tensorflow_rule(size, kernel, stride, pads):
+    """TF's 'same': out = ceil(n / s), total = (out - 1) * s + k - n, the extra pixel after."""
+    from densenet_spec.config import same_pads
+
+    assert same_pads(size, kernel, stride) == pads
