@@ -28,9 +28,12 @@ def env_root() -> Path:
 
 
 def requirements_file(name: str) -> Path:
-    if name not in ENVIRONMENTS:
+    """requirements/<name>.txt for the spec and framework environments, and for the benchmark-only
+    ones (bench-*: the official peers, built only when densenet-bench asks for them)."""
+    path = ROOT / "requirements" / f"{name}.txt"
+    if name not in ENVIRONMENTS and not (name.startswith("bench-") and path.exists()):
         raise EnvironmentSetupError(f"unknown environment {name!r}; known: {', '.join(ENVIRONMENTS)}")
-    return ROOT / "requirements" / f"{name}.txt"
+    return path
 
 
 def env_python(name: str) -> Path:
