@@ -20,7 +20,14 @@ import numpy as np
 
 from densenet_spec import envs, reference
 from densenet_spec.case import Case, make_case, read_results, result_keys, write_case
-from densenet_spec.compare import Comparison, compare, float32_step_allowance, rel_errors
+from densenet_spec.compare import (
+    Comparison,
+    add_allowances,
+    compare,
+    float32_kink_allowance,
+    float32_step_allowance,
+    rel_errors,
+)
 from densenet_spec.params import stage_names, trainable_names
 from densenet_spec.tolerances import family
 
@@ -142,17 +149,18 @@ def run_worker(framework: str, case_dir: Path, setup: bool = True, log=print) ->
     return FrameworkRun(framework, True, info=info, results=results)
 
 
-def oracle_results(case: Case) -> tuple[dict, dict | None, float]:
+def oracle_results(case: Case) -> tuple[dict, dict | None, dict | None, float]:
     """The oracle in float64 (the truth) and, for float32 cases, the oracle's own float32 errors,
-    from which float32 bounds are derived (tolerances.py)."""
+    from which float32 bounds are derived, and the ReLU-kink allowance (tolerances.py)."""
     start = time.perf_counter()
     case64 = _as_dtype(case, "float64")
     truth, _ = reference.run_case(case64)
-    float32_errors = None
+    float32_errors = kinks = None
     if case.dtype == "float32":
         ours32, _ = reference.run_case(case)
         float32_errors = rel_errors(ours32, truth)
-    return truth, float32_errors, time.perf_counter() - start
+        kinks = float32_kink_allowance(case, truth)
+    return truth, float32_errors, kinks, time.perf_counter() - start
 
 
 def _as_dtype(case: Case, dtype: str) -> Case:
@@ -243,11 +251,13 @@ def run_parity(
             status = f"done in {runs[fw].info.get('seconds', '?')} s" if runs[fw].ok else "FAILED"
             log(f"{fw}: {status}")
     log("running the NumPy oracle")
-    truth, float32_errors, oracle_s = oracle_results(case)
+    truth, float32_errors, kinks, oracle_s = oracle_results(case)
     stages, params = stage_names(case.config), trainable_names(case.config)
     keys = result_keys(case)
     truth = {k: truth[k] for k in keys}
-    allowance = float32_step_allowance(case, truth, float32_errors) if float32_errors else None
+    allowance = None
+    if float32_errors:
+        allowance = add_allowances(float32_step_allowance(case, truth, float32_errors), kinks)
     pairs = []
     for fw, run in runs.items():
         if run.ok:

@@ -178,10 +178,14 @@ def _loss_and_grad(logits, y):
 
 
 class _Pass:
-    def __init__(self, params: dict, config: DenseNetConfig, training: bool):
+    def __init__(
+        self, params: dict, config: DenseNetConfig, training: bool, kinks=None, record=False
+    ):
         self.params, self.config, self.training = params, config, training
         self.running: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
+        self.kinks = kinks  # None, or (thresholds by ReLU name, forced derivative): see gradients()
+        self.relu_inputs: dict[str, np.ndarray] | None = {} if record else None
 
 
 def _seq(x, *layers):
@@ -227,6 +231,23 @@ def _norm(ps: _Pass, name: str, x):
     return out, backward
 
 
+def _act(ps: _Pass, name: str, x):
+    """The ReLU after BatchNorm `name` (ReLUs are named by the BatchNorm that feeds them).
+
+    Only for the float32 kink allowance (compare.float32_kink_allowance): with ps.kinks, the
+    entries with |x| < thresholds[name] get derivative `forced` (1 or 0) instead of x > 0.
+    """
+    if ps.relu_inputs is not None:
+        ps.relu_inputs[name] = x
+    out, back = _relu(x)
+    if ps.kinks is None or not ps.kinks[0].get(name, 0.0) > 0:
+        return out, back
+    thresholds, forced = ps.kinks
+    near = np.abs(x) < thresholds[name]
+    mask = (x > 0) | near if forced else (x > 0) & ~near
+    return out, lambda g: g * mask
+
+
 def _conv(ps: _Pass, name: str, x, stride: int = 1, pad: int = 0):
     out, back = _conv2d(x, ps.params[f"{name}.weight"], ps.params.get(f"{name}.bias"), stride, pad)
 
@@ -257,7 +278,7 @@ def _stem(ps: _Pass, x):
         x,
         partial(_conv, ps, "stem.conv", stride=2, pad=3),
         partial(_norm, ps, "stem.norm"),
-        _relu,
+        partial(_act, ps, "stem.norm"),
         _max_pool,
     )
 
@@ -267,7 +288,7 @@ def _conv_block(ps: _Pass, prefix: str, x):
     return _seq(
         x,
         partial(_norm, ps, f"{prefix}.norm"),
-        _relu,
+        partial(_act, ps, f"{prefix}.norm"),
         partial(_conv, ps, f"{prefix}.conv", stride=1, pad=1),
     )
 
@@ -277,10 +298,10 @@ def _bottleneck_block(ps: _Pass, prefix: str, x):
     return _seq(
         x,
         partial(_norm, ps, f"{prefix}.norm1"),
-        _relu,
+        partial(_act, ps, f"{prefix}.norm1"),
         partial(_conv, ps, f"{prefix}.conv1"),
         partial(_norm, ps, f"{prefix}.norm2"),
-        _relu,
+        partial(_act, ps, f"{prefix}.norm2"),
         partial(_conv, ps, f"{prefix}.conv2", stride=1, pad=1),
     )
 
@@ -310,7 +331,7 @@ def _transition(ps: _Pass, i: int, x):
     return _seq(
         x,
         partial(_norm, ps, f"transitions.{i}.norm"),
-        _relu,
+        partial(_act, ps, f"transitions.{i}.norm"),
         partial(_conv, ps, f"transitions.{i}.conv"),
         _avg_pool,
     )
@@ -331,7 +352,9 @@ def _network(ps: _Pass, x):
             x, back = _transition(ps, i, x)
             features[f"transitions.{i}"] = x
             backs.append(back)
-    x, back = _seq(x, partial(_norm, ps, "head.norm"), _relu, _global_avg_pool)
+    x, back = _seq(
+        x, partial(_norm, ps, "head.norm"), partial(_act, ps, "head.norm"), _global_avg_pool
+    )
     features["head"] = x
     backs.append(back)
     x, back = _fc(ps, "head.fc", x)
@@ -346,20 +369,22 @@ def _network(ps: _Pass, x):
     return features, backward
 
 
-def _start(params: dict, config: DenseNetConfig, x: np.ndarray, training: bool):
+def _start(
+    params: dict, config: DenseNetConfig, x: np.ndarray, training: bool, kinks=None, record=False
+):
     """Validate like every framework's edge does, then run the forward pass."""
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"the oracle computes in float32 or float64, got input dtype {x.dtype}")
     check_input_shape(config, x.shape, "NCHW", training=training)
     check_tensors(params, config, x.dtype.name)
-    ps = _Pass(params, config, training)
+    ps = _Pass(params, config, training, kinks, record)
     features, backward = _network(ps, x)
     return ps, features, backward
 
 
-def _forward_backward(params, config, x, y, training):
-    ps, features, backward = _start(params, config, x, training)
+def _forward_backward(params, config, x, y, training, kinks=None):
+    ps, features, backward = _start(params, config, x, training, kinks)
     value, g = _loss_and_grad(features["logits"], np.asarray(y))
     grad_x = backward(g)
     grads = {name: ps.grads[name] for name in trainable_names(config)}
@@ -380,13 +405,33 @@ def forward_features(params: dict, config: DenseNetConfig, x: np.ndarray, traini
     return features, ps.running
 
 
-def gradients(params: dict, config: DenseNetConfig, x: np.ndarray, y: np.ndarray, training: bool):
+def gradients(
+    params: dict,
+    config: DenseNetConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    training: bool,
+    *,
+    kink_threshold: dict[str, float] | None = None,
+    kink_derivative: int = 1,
+):
     """(loss, d loss / d x, {trainable name: d loss / d param}) by a hand-written backward.
 
     No autodiff library: the oracle must not share a gradient engine with what it checks.
+    kink_threshold (ReLU name -> t, names as relu_inputs gives them): backward takes the ReLU's
+    derivative as kink_derivative (1 or 0) wherever its input has |y| < t, as an implementation
+    whose rounding puts y on the other side of 0 would (the float32 kink allowance, tolerances.py).
+    The forward pass and the loss are unchanged.
     """
-    _, _, value, grad_x, grads = _forward_backward(params, config, x, y, training)
+    kinks = None if kink_threshold is None else (dict(kink_threshold), bool(kink_derivative))
+    _, _, value, grad_x, grads = _forward_backward(params, config, x, y, training, kinks)
     return value, grad_x, grads
+
+
+def relu_inputs(params: dict, config: DenseNetConfig, x: np.ndarray, training: bool = True):
+    """Every ReLU's input (its BatchNorm's output) in one forward pass, keyed by that BatchNorm."""
+    ps, _, _ = _start(params, config, x, training, record=True)
+    return ps.relu_inputs
 
 
 def sgd_step(params: dict, grads: dict, buffers: dict | None, sgd):
