@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import envs, flops
-from densenet_spec import envs as spec_envs
+from benchmarks import flops
+from densenet_spec import envs
 from benchmarks.timing import MODES, Request
 from densenet_spec.config import PRESETS, DenseNetConfig, get_preset
 from densenet_spec.envs import FRAMEWORKS
@@ -183,16 +183,29 @@ def _default_size(config: DenseNetConfig) -> int:
     return 32 if config.stem == "cifar" else 224
 
 
+def runner_env(env_name: str, keras_backend: str | None, threads: int | None) -> dict:
+    """The environment's worker variables, plus the Keras backend and thread-count variables."""
+    env = envs.worker_env(env_name)
+    if keras_backend:
+        env["KERAS_BACKEND"] = keras_backend
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "MXNET_CPU_WORKER_NTHREADS", "TF_NUM_INTRAOP_THREADS"):
+            env[var] = str(threads)
+    return env
+
+
 def run_one(target: Target, env_name: str, req: Request, timeout: int) -> tuple[dict, list[str]]:
     """Start the runner in the target's environment; return its answer and the command."""
-    python = spec_envs.env_python(env_name)
+    python = envs.env_python(env_name)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [str(python), "-m", "benchmarks.runner", json.dumps(req.to_dict()), str(out)]
-        env = envs.worker_env(env_name, target.keras_backend, req.threads)
+        env = runner_env(env_name, target.keras_backend, req.threads)
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
-                                  cwd=spec_envs.ROOT)
+                                  cwd=envs.ROOT)
         except subprocess.TimeoutExpired:
             return {"ok": False, "error": f"timed out after {timeout} s"}, cmd
         if proc.returncode != 0 or not out.exists():
@@ -204,8 +217,8 @@ def run_one(target: Target, env_name: str, req: Request, timeout: int) -> tuple[
 def measure_peak(n: int, threads: int | None) -> dict:
     """The float32 matmul peak, in its own spec-environment process with the runners' threads."""
     cmd = [sys.executable, "-m", "benchmarks.peak", str(n), str(threads or 0)]
-    env = envs.worker_env("spec", threads=threads)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=spec_envs.ROOT,
+    env = runner_env("spec", None, threads)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=envs.ROOT,
                           check=True)
     return json.loads(proc.stdout)
 
@@ -267,7 +280,7 @@ def main(argv=None) -> int:
     for env_name in dict.fromkeys(env for _, env, _ in runs):
         try:
             if args.no_setup:
-                python = spec_envs.env_python(env_name)
+                python = envs.env_python(env_name)
                 if not python.exists():
                     raise DenseNetError(f"no {env_name} environment at {python}")
             else:

@@ -79,13 +79,13 @@ def problems(lines: list[dict]) -> list[str]:
 
 def _caption(lines: list[dict]) -> str:
     first = next((ln for ln in lines if ln.get("ok")), lines[0] if lines else {})
+    peaks = [ln["peak"]["gflops"] for ln in lines if ln.get("peak")]
     peak = first.get("peak") or {}
     cpu, cpus = first.get("cpu", "?"), first.get("usable_cpus", "?")
     parts = [f"{cpu}, {cpus} CPUs, device {first.get('device', '?')}"]
     if peak:
-        parts.append(
-            f"float32 matmul peak {peak['gflops']:.1f} GFLOP/s ({peak['n']}^2, {peak['blas']})"
-        )
+        rate = f"{min(peaks):.1f}" + (f"-{max(peaks):.1f}" if max(peaks) > min(peaks) else "")
+        parts.append(f"float32 matmul peak {rate} GFLOP/s ({peak['n']}^2, {peak['blas']})")
     loads = [ln["load_avg_start"][0] for ln in lines if ln.get("load_avg_start")]
     if loads:
         parts.append(f"load average {min(loads):.2f}-{max(loads):.2f} during the runs")
