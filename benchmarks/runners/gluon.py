@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 
 import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.gluon.model_zoo import vision
 
+from benchmarks.runners.mx import _context, _device_used, _threads  # same environment, same probes
 from benchmarks.timing import Prepared, Request, Unsupported, official_preset, synthetic_batch
 from densenet_spec.case import SGDConfig
 from densenet_spec.config import spatial_sizes
@@ -60,27 +60,3 @@ def prepare(req: Request) -> Prepared:
         device_peak_bytes=_device_used(ctx),
     )
 
-
-def _context(req: Request):
-    if req.device == "gpu":
-        if mx.context.num_gpus() == 0:
-            raise Unsupported("MXNet sees no GPU")
-        return mx.gpu(0)
-    return mx.cpu()
-
-
-def _threads() -> dict:
-    keys = ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS", "MXNET_ENGINE_TYPE")
-    return {k: os.environ.get(k, "") for k in keys}
-
-
-def _device_used(ctx):
-    """MXNet reports no peak: the device memory in use after the run (free vs total) instead."""
-    if ctx.device_type != "gpu":
-        return lambda: None
-
-    def used():
-        free, total = mx.context.gpu_memory_info(ctx.device_id)
-        return total - free
-
-    return used
