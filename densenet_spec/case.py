@@ -202,3 +202,46 @@ def make_case(
         memory_efficient=memory_efficient,
         options=options or {},
     )
+
+
+def as_dtype(case: Case, dtype: str) -> Case:
+    """The same case in another dtype: float32 -> float64 is exact, the reference for a float32 run."""
+    import dataclasses
+
+    if case.dtype == dtype:
+        return case
+    return dataclasses.replace(
+        case,
+        params={k: np.asarray(v, dtype=dtype) for k, v in case.params.items()},
+        x=np.asarray(case.x, dtype=dtype),
+        step_x=np.asarray(case.step_x, dtype=dtype),
+        dtype=dtype,
+    )
+
+
+def _parity_cases() -> dict:
+    from densenet_spec.config import get_preset
+
+    biased = get_preset("tiny").replace(bn_running_var="biased", bn_momentum=0.3)
+    return {
+        "tiny": (get_preset("tiny"), 2, 32, 2),
+        "tiny_biased_var": (biased, 2, 32, 2),
+        "densenet_bc_100": (get_preset("densenet_bc_100"), 2, 8, 2),
+        "d2l": (get_preset("d2l"), 2, 64, 2),
+        # 64x64 keeps 2x2 pixels in the last block. At 32x32 the last block is 1x1, its train-mode
+        # BatchNorms see 2 values per channel and the train quantities become ill-conditioned even
+        # in float64 (torch vs torch with channels_last ~1e-8; tolerances.py), so frameworks check
+        # only eval quantities there.
+        "densenet121": (get_preset("densenet121"), 2, 64, 2),
+    }
+
+
+# The acceptance cases every framework's tests run against the oracle:
+# name -> (config, batch, image size, optimizer steps). Two steps exercise the momentum buffer
+# and the running statistics carried from one step into the next.
+PARITY_CASES = _parity_cases()
+
+
+def parity_case(name: str, dtype: str = "float64") -> Case:
+    config, batch, size, steps = PARITY_CASES[name]
+    return make_case(config, batch=batch, image_size=size, steps=steps, dtype=dtype)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from densenet_spec import envs, reference
-from densenet_spec.case import Case, make_case, read_results, result_keys, write_case
+from densenet_spec.case import Case, as_dtype, make_case, read_results, result_keys, write_case
 from densenet_spec.compare import (
     Comparison,
     add_allowances,
@@ -153,7 +153,7 @@ def oracle_results(case: Case) -> tuple[dict, dict | None, dict | None, float]:
     """The oracle in float64 (the truth) and, for float32 cases, the oracle's own float32 errors,
     from which float32 bounds are derived, and the ReLU-kink allowance (tolerances.py)."""
     start = time.perf_counter()
-    case64 = _as_dtype(case, "float64")
+    case64 = as_dtype(case, "float64")
     truth, _ = reference.run_case(case64)
     float32_errors = kinks = None
     if case.dtype == "float32":
@@ -161,20 +161,6 @@ def oracle_results(case: Case) -> tuple[dict, dict | None, dict | None, float]:
         float32_errors = rel_errors(ours32, truth)
         kinks = float32_kink_allowance(case, truth)
     return truth, float32_errors, kinks, time.perf_counter() - start
-
-
-def _as_dtype(case: Case, dtype: str) -> Case:
-    if case.dtype == dtype:
-        return case
-    import dataclasses
-
-    return dataclasses.replace(
-        case,
-        params={k: v.astype(dtype) for k, v in case.params.items()},
-        x=case.x.astype(dtype),
-        step_x=case.step_x.astype(dtype),
-        dtype=dtype,
-    )
 
 
 def mutated(case: Case, kind: str) -> Case:

@@ -15,40 +15,16 @@ mx = pytest.importorskip("mxnet")
 import numpy as np  # noqa: E402
 
 from densenet_spec import reference  # noqa: E402
-from densenet_spec.case import make_case  # noqa: E402
+from densenet_spec.case import PARITY_CASES, as_dtype, make_case, parity_case  # noqa: E402
 from densenet_spec.compare import assert_close, float32_step_allowance, rel_errors  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_mx.worker import run_case  # noqa: E402
 
-BIASED_TINY = get_preset("tiny").replace(bn_running_var="biased", bn_momentum=0.3)
-
-# (config, batch, image size, optimizer steps). Two steps exercise the momentum buffer and the
-# running statistics carried from one step into the next.
-CASES = {
-    "tiny": (get_preset("tiny"), 2, 32, 2),
-    "tiny_biased_var": (BIASED_TINY, 2, 32, 2),
-    "densenet_bc_100": (get_preset("densenet_bc_100"), 2, 8, 2),
-    "d2l": (get_preset("d2l"), 2, 64, 2),
-    # 64x64 keeps 2x2 pixels in the last block. At 32x32 the last block is 1x1, its train-mode
-    # BatchNorms see 2 values per channel and the train quantities become ill-conditioned
-    # (MXNet and torch both differ from the oracle by ~1e-9 there), so only eval is checked
-    # at 32x32 (test_densenet121_32px_eval_quantities).
-    "densenet121": (get_preset("densenet121"), 2, 64, 2),
-}
+CASES = PARITY_CASES
 
 
 def _case(name, dtype="float64", **changes):
-    config, batch, size, steps = CASES[name]
-    case = make_case(config, batch=batch, image_size=size, steps=steps, dtype=dtype)
-    return dataclasses.replace(case, **changes)
-
-
-def _as_float64(case):
-    """The same numbers in float64: the exact reference for a float32 run on this case."""
-    up = functools.partial(np.asarray, dtype=np.float64)
-    params = {k: up(v) for k, v in case.params.items()}
-    return dataclasses.replace(case, dtype="float64", params=params, x=up(case.x),
-                               step_x=up(case.step_x))
+    return dataclasses.replace(parity_case(name, dtype), **changes)
 
 
 @functools.cache
@@ -58,7 +34,7 @@ def _oracle(name, dtype="float64"):
 
 @functools.cache
 def _oracle64_of_float32(name):
-    return reference.run_case(_as_float64(_case(name, "float32")))[0]
+    return reference.run_case(as_dtype(_case(name, "float32"), "float64"))[0]
 
 
 @functools.cache

@@ -97,8 +97,9 @@ def test_float64_unchanged_without_thresholds(tiny):
         _, _, g = reference.gradients(p64, case.config, x64, case.y, True,
                                       kink_threshold={n: 0.0 for n in names}, kink_derivative=d)
         assert all(np.array_equal(g[n], truth[n]) for n in truth)
-    from densenet_spec.harness import _as_dtype, oracle_results
+    from densenet_spec.case import as_dtype
+    from densenet_spec.harness import oracle_results
 
-    truth64, errors, kinks, _ = oracle_results(_as_dtype(case, "float64"))
+    truth64, errors, kinks, _ = oracle_results(as_dtype(case, "float64"))
     assert errors is None and kinks is None
     assert all(np.array_equal(truth64[f"train_grad/{n}"], g) for n, g in truth.items())
