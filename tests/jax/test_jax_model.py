@@ -29,16 +29,9 @@ from densenet_spec.errors import (  # noqa: E402
     WeightKeysError,
 )
 from densenet_spec.params import count_parameters, param_specs  # noqa: E402
+from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 
 # torchvision's densenet121/161/169/201 have exactly these; d2l's chapter 8.7 model 758,226
-# (the chapter's own JAX tab builds 700,586: its transitions lose track of the channel count).
-KNOWN_COUNTS = {
-    "d2l": 758226,
-    "densenet121": 7978856,
-    "densenet161": 28681000,
-    "densenet169": 14149480,
-    "densenet201": 20013928,
-}
 
 
 def abstract(config, dtype=jnp.float64, memory_efficient=False):
@@ -62,8 +55,8 @@ def test_parameter_count_and_names_match_spec(name):
     model = abstract(config)
     count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert count == count_parameters(config)
-    if name in KNOWN_COUNTS:
-        assert count == KNOWN_COUNTS[name]
+    if name in PUBLISHED_PARAMETER_COUNTS:
+        assert count == PUBLISHED_PARAMETER_COUNTS[name]
     # Every Param and BatchStat is one canonical tensor (so loading sets everything).
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))))
     specs = param_specs(config)

@@ -1,7 +1,6 @@
 """densenet_jax.worker: devices, the settings it applies, the real worker entry point, the
 self-check mutation."""
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from densenet_spec.case import make_case, read_results, result_keys, write_case 
 from densenet_spec.compare import assert_close  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_spec.errors import DeviceUnavailableError  # noqa: E402
+from densenet_spec.testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
 from densenet_jax.worker import _precision_settings, environment, run_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,27 +92,11 @@ def test_cpu_precision_settings_are_what_a_cpu_run_records(dtype):
 
 
 def test_same_padding_mutation_changes_only_the_stem_padding():
-    """--mutate jax:same_padding: the stem pads (2, 3) / (0, 1) on 32x32 (same shapes, other
-    numbers, weights untouched); on 33x33 'same' pads (3, 3) / (1, 1), exactly the spec."""
-    for size, changed in ((32, True), (33, False)):
-        case = make_case(get_preset("tiny"), batch=2, image_size=size, steps=0,
-                         quantities=("eval", "step"))
-        plain, _ = run_case(case)
-        mutated, _ = run_case(dataclasses.replace(case, options={"mutate": "same_padding"}))
-        assert mutated["eval/stem"].shape == plain["eval/stem"].shape
-        assert (not np.array_equal(mutated["eval/stem"], plain["eval/stem"])) is changed
-        for k in plain:
-            if k.startswith("step/"):  # zero steps: the loaded weights, under the same names
-                np.testing.assert_array_equal(mutated[k], plain[k], err_msg=k)
+    check_same_padding_mutation(run_case)
 
 
 def test_unknown_or_inapplicable_mutation_raises():
-    case = make_case(get_preset("tiny"), batch=2, image_size=16, quantities=("eval",))
-    with pytest.raises(ValueError, match="unknown mutation 'bn_eps'"):
-        run_case(dataclasses.replace(case, options={"mutate": "bn_eps"}))
-    cifar = make_case(get_preset("densenet_bc_100"), batch=2, image_size=8, quantities=("eval",))
-    with pytest.raises(ValueError, match="ImageNet stem"):
-        run_case(dataclasses.replace(cifar, options={"mutate": "same_padding"}))
+    check_mutation_errors(run_case)
 
 
 def _worker(case_dir, out):

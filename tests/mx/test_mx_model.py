@@ -23,6 +23,7 @@ from densenet_spec.params import (  # noqa: E402
     param_specs,
     stage_names,
 )
+from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 from densenet_mx import DenseNet  # noqa: E402
 from densenet_mx.layers import batch_norm  # noqa: E402
 from densenet_mx.train import gradients  # noqa: E402
@@ -34,14 +35,6 @@ from densenet_mx.weights import (  # noqa: E402
 )
 from densenet_mx.worker import environment  # noqa: E402
 
-# torchvision's densenet121/161/169/201 have exactly these; d2l's chapter 8.7 model 758,226.
-KNOWN_COUNTS = {
-    "d2l": 758226,
-    "densenet121": 7978856,
-    "densenet161": 28681000,
-    "densenet169": 14149480,
-    "densenet201": 20013928,
-}
 
 VARIANTS = {
     "tiny": get_preset("tiny"),
@@ -69,8 +62,8 @@ def test_parameter_count_matches_spec(name):
     params = model.collect_params().values()
     count = sum(int(np.prod(p.shape)) for p in params if p.grad_req != "null")
     assert count == count_parameters(config)
-    if name in KNOWN_COUNTS:
-        assert count == KNOWN_COUNTS[name]
+    if name in PUBLISHED_PARAMETER_COUNTS:
+        assert count == PUBLISHED_PARAMETER_COUNTS[name]
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))

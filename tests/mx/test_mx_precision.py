@@ -1,18 +1,17 @@
 """densenet_mx.worker's precision settings, checked on CPU: what a gpu run would set, what a cpu
 run sets and records, and the same_padding self-check mutation."""
 
-import dataclasses
 import os
 
 import pytest
 
 mx = pytest.importorskip("mxnet")
 
-import numpy as np  # noqa: E402
 
 from densenet_spec.case import make_case  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_spec.errors import DeviceUnavailableError  # noqa: E402
+from densenet_spec.testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
 from densenet_mx.worker import _precision_settings, environment, run_case  # noqa: E402
 
 GPU_VARIABLES = (
@@ -60,23 +59,8 @@ def test_cpu_precision_settings_are_what_a_cpu_run_records():
 
 @pytest.mark.parametrize("hybridize", [True, False])
 def test_same_padding_mutation_changes_only_the_stem_padding(hybridize):
-    """--mutate mx:same_padding: the stem pads (2, 3) / (0, 1) on 32x32 (same shapes, other
-    numbers); on 33x33 'same' pads (3, 3) / (1, 1), exactly the spec, so nothing changes."""
-    for size, changed in ((32, True), (33, False)):
-        case = make_case(get_preset("tiny"), batch=2, image_size=size, quantities=("eval",),
-                         options={"hybridize": hybridize})
-        plain, _ = run_case(case)
-        mutated, _ = run_case(
-            dataclasses.replace(case, options={**case.options, "mutate": "same_padding"})
-        )
-        assert mutated["eval/stem"].shape == plain["eval/stem"].shape
-        assert (not np.array_equal(mutated["eval/stem"], plain["eval/stem"])) is changed
+    check_same_padding_mutation(run_case, {"hybridize": hybridize})
 
 
 def test_unknown_or_inapplicable_mutation_raises():
-    case = make_case(get_preset("tiny"), batch=2, image_size=16, quantities=("eval",))
-    with pytest.raises(ValueError, match="unknown mutation 'bn_eps'"):
-        run_case(dataclasses.replace(case, options={"mutate": "bn_eps"}))
-    cifar = make_case(get_preset("densenet_bc_100"), batch=2, image_size=8, quantities=("eval",))
-    with pytest.raises(ValueError, match="ImageNet stem"):
-        run_case(dataclasses.replace(cifar, options={"mutate": "same_padding"}))
+    check_mutation_errors(run_case)

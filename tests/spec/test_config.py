@@ -14,20 +14,13 @@ from densenet_spec.config import (
 )
 from densenet_spec.errors import ConfigError, InputShapeError, UnknownPresetError
 from densenet_spec.params import count_parameters, param_specs, stage_names
-
-# Published counts: the d2l chapter's PyTorch model and torchvision's densenet121/161/169/201.
-PUBLISHED = {
-    "d2l": 758_226,
-    "densenet121": 7_978_856,
-    "densenet161": 28_681_000,
-    "densenet169": 14_149_480,
-    "densenet201": 20_013_928,
-}
+from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS
 
 
-@pytest.mark.parametrize("name", PUBLISHED)
+
+@pytest.mark.parametrize("name", PUBLISHED_PARAMETER_COUNTS)
 def test_published_parameter_counts(name):
-    assert count_parameters(get_preset(name)) == PUBLISHED[name]
+    assert count_parameters(get_preset(name)) == PUBLISHED_PARAMETER_COUNTS[name]
 
 
 def test_bc100_and_tiny_counts_from_independent_arithmetic():

@@ -26,6 +26,7 @@ from densenet_spec.errors import (  # noqa: E402
 )
 from densenet_spec.params import count_parameters, init_params, stage_names  # noqa: E402
 from densenet_spec.tolerances import FLOAT64  # noqa: E402
+from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 from densenet_tf import worker  # noqa: E402
 from densenet_tf.model import DenseNet  # noqa: E402
 from densenet_tf.train import eval_step, gradients, make_optimizer, train_step  # noqa: E402
@@ -37,13 +38,6 @@ from densenet_tf.weights import (  # noqa: E402
 )
 
 TINY = get_preset("tiny")
-KNOWN_COUNTS = {  # torchvision's counts; d2l chapter 8.7's model
-    "d2l": 758226,
-    "densenet121": 7978856,
-    "densenet161": 28681000,
-    "densenet169": 14149480,
-    "densenet201": 20013928,
-}
 
 
 def nhwc(a):
@@ -79,8 +73,8 @@ def test_parameter_count_matches_spec(name):
     model = DenseNet(get_preset(name))  # every layer built at construction: weights exist now
     count = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     assert count == count_parameters(get_preset(name))
-    if name in KNOWN_COUNTS:
-        assert count == KNOWN_COUNTS[name]
+    if name in PUBLISHED_PARAMETER_COUNTS:
+        assert count == PUBLISHED_PARAMETER_COUNTS[name]
     stats = [v for v in model.non_trainable_variables]
     assert all(v.path.endswith(("moving_mean", "moving_variance")) for v in stats)
 

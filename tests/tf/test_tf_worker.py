@@ -5,7 +5,6 @@ import os
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
-import dataclasses  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -14,12 +13,12 @@ import pytest  # noqa: E402
 
 pytest.importorskip("tensorflow")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from densenet_spec.case import make_case, read_results, write_case  # noqa: E402
 from densenet_spec.compare import assert_close  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
+from densenet_spec.testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
 from densenet_tf import worker  # noqa: E402
 from densenet_tf.worker import _precision_settings, environment  # noqa: E402
 
@@ -113,20 +112,8 @@ def test_cpu_precision_settings_are_what_a_cpu_run_records():
 
 
 def test_same_padding_mutation_changes_only_the_stem_padding():
-    """--mutate tf:same_padding: the stem pads (2, 3) / (0, 1) on 32x32 (same shapes, other
-    numbers); on 33x33 'same' pads (3, 3) / (1, 1), exactly the spec, so nothing changes."""
-    for size, changed in ((32, True), (33, False)):
-        case = make_case(get_preset("tiny"), batch=2, image_size=size, quantities=("eval",))
-        plain, _ = worker.run_case(case)
-        mutated, _ = worker.run_case(dataclasses.replace(case, options={"mutate": "same_padding"}))
-        assert mutated["eval/stem"].shape == plain["eval/stem"].shape
-        assert (not np.array_equal(mutated["eval/stem"], plain["eval/stem"])) is changed
+    check_same_padding_mutation(worker.run_case)
 
 
 def test_unknown_or_inapplicable_mutation_raises():
-    case = make_case(get_preset("tiny"), batch=2, image_size=16, quantities=("eval",))
-    with pytest.raises(ValueError, match="unknown mutation 'bn_eps'"):
-        worker.run_case(dataclasses.replace(case, options={"mutate": "bn_eps"}))
-    cifar = make_case(get_preset("densenet_bc_100"), batch=2, image_size=8, quantities=("eval",))
-    with pytest.raises(ValueError, match="ImageNet stem"):
-        worker.run_case(dataclasses.replace(cifar, options={"mutate": "same_padding"}))
+    check_mutation_errors(worker.run_case)

@@ -9,18 +9,11 @@ import numpy as np  # noqa: E402
 from densenet_spec.config import PRESETS, get_preset, min_image_size, spatial_sizes  # noqa: E402
 from densenet_spec.errors import InputShapeError  # noqa: E402
 from densenet_spec.params import count_parameters, param_specs, stage_names  # noqa: E402
+from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 from densenet_torch import DenseNet  # noqa: E402
 from densenet_torch.layers import batch_norm  # noqa: E402
 from densenet_torch.weights import to_canonical  # noqa: E402
 
-# torchvision's densenet121/161/169/201 have exactly these; d2l's chapter 8.7 model 758,226.
-KNOWN_COUNTS = {
-    "d2l": 758226,
-    "densenet121": 7978856,
-    "densenet161": 28681000,
-    "densenet169": 14149480,
-    "densenet201": 20013928,
-}
 
 VARIANTS = {
     "tiny": get_preset("tiny"),
@@ -39,8 +32,8 @@ def test_parameter_count_matches_spec(name):
         model = DenseNet(config)
     count = sum(p.numel() for p in model.parameters())
     assert count == count_parameters(config)
-    if name in KNOWN_COUNTS:
-        assert count == KNOWN_COUNTS[name]
+    if name in PUBLISHED_PARAMETER_COUNTS:
+        assert count == PUBLISHED_PARAMETER_COUNTS[name]
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
