@@ -55,9 +55,9 @@ class _BatchNorm(keras.layers.Layer):
 
     def call(self, x, training=False):
         if training:
-            axes = [0, 1, 2]
-            mean = tf.reduce_mean(x, axis=axes)
-            var = tf.reduce_mean(tf.square(x - mean), axis=axes)  # biased: used to normalise
+            # Two-pass biased variance, as tf.nn.moments: the gradient through the mean inside
+            # the square is exactly 0 (d var / d mean = -2 mean(x - mean)), so it is not traced.
+            mean, var = tf.nn.moments(x, axes=[0, 1, 2])
             if not _running_stats_frozen:
                 running_var = var
                 if self.unbiased:
@@ -68,7 +68,11 @@ class _BatchNorm(keras.layers.Layer):
                 self.moving_variance.assign((1.0 - m) * self.moving_variance + m * running_var)
         else:
             mean, var = self.moving_mean, self.moving_variance
-        return (x - mean) * tf.math.rsqrt(var + self.epsilon) * self.gamma + self.beta
+        # One scale and one shift per channel: two full-size ops (and tensors kept for backward)
+        # instead of four for (x - mean) * rsqrt(var + eps) * gamma + beta.
+        scale = self.gamma * tf.math.rsqrt(var + self.epsilon)
+        shift = self.beta - mean * scale
+        return x * scale + shift
 
 
 class _Sequential(keras.layers.Layer):
@@ -88,11 +92,22 @@ class _Sequential(keras.layers.Layer):
 
 
 def _conv2d(
-    in_channels: int, out_channels: int, kernel_size: int, config: DenseNetConfig, stride: int = 1
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    config: DenseNetConfig,
+    stride: int = 1,
+    padding: str = "valid",
 ):
-    """An unpadded conv built for in_channels; padding, where any, is a layer before it."""
+    """A conv built for in_channels.
+
+    parity: 'same' only at stride 1, where it pads (k - 1) / 2 on every side, as the spec;
+    at stride 2 it pads unevenly, so the strided stem pads with a layer before a 'valid' conv.
+    """
+    if padding == "same" and stride != 1:
+        raise ValueError("'same' padding differs from the spec's at stride > 1: pad explicitly")
     conv = keras.layers.Conv2D(
-        out_channels, kernel_size, strides=stride, padding="valid", use_bias=config.conv_bias
+        out_channels, kernel_size, strides=stride, padding=padding, use_bias=config.conv_bias
     )
     conv.build((None, None, None, in_channels))
     return conv
@@ -109,8 +124,7 @@ def conv_block(in_channels: int, out_channels: int, config: DenseNetConfig) -> k
         "conv_block",
         norm=batch_norm(in_channels, config),
         relu=keras.layers.ReLU(),
-        pad=keras.layers.ZeroPadding2D(1),  # explicit, as everywhere ('same' agrees at stride 1)
-        conv=_conv2d(in_channels, out_channels, 3, config),
+        conv=_conv2d(in_channels, out_channels, 3, config, padding="same"),  # pad 1
     )
 
 
@@ -137,15 +151,16 @@ class DenseBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, training=False, features=None):
+        inputs = [x]  # the block input, then each layer's output y
         for j, layer in enumerate(self.layers):
             if self.memory_efficient:
-                y = _recompute(layer, training)(x)
+                y = _recompute(layer, training)(*inputs)
             else:
-                y = layer(x, training=training)
+                y = layer(tf.concat(inputs, axis=CHANNEL_AXIS), training=training)
             if features is not None:
                 features[f"layers.{j}"] = y
-            x = tf.concat([x, y], axis=CHANNEL_AXIS)
-        return x
+            inputs.append(y)
+        return tf.concat(inputs, axis=CHANNEL_AXIS)
 
 
 def transition_block(in_channels: int, out_channels: int, config: DenseNetConfig) -> keras.Layer:
@@ -169,12 +184,11 @@ def bottleneck_block(in_channels: int, growth_rate: int, config: DenseNetConfig)
         conv1=_conv2d(in_channels, mid, 1, config),
         norm2=batch_norm(mid, config),
         relu2=keras.layers.ReLU(),
-        pad2=keras.layers.ZeroPadding2D(1),  # explicit, as everywhere ('same' agrees at stride 1)
-        conv2=_conv2d(mid, growth_rate, 3, config),
+        conv2=_conv2d(mid, growth_rate, 3, config, padding="same"),  # pad 1
     )
 
 
-# Memory-efficient dense layers. tf.recompute_grad keeps only the layer's input on the tape and
+# Memory-efficient dense layers. tf.recompute_grad keeps only the layer's inputs on the tape and
 # runs the layer again in backward; that second run must not update the running statistics.
 _running_stats_frozen = False
 
@@ -190,10 +204,13 @@ def _frozen_running_stats():
 
 
 def _recompute(layer: keras.layers.Layer, training: bool):
-    """layer(x, training) under tf.recompute_grad; BN statistics update in the forward run only."""
+    """layer(concat(inputs), training) under tf.recompute_grad: only the separate feature maps
+    stay on the tape (linear in depth), the concatenation is rebuilt in backward with the rest.
+    BN statistics update in the forward run only."""
     runs = []
 
-    def run(x):
+    def run(*inputs):
+        x = tf.concat(inputs, axis=CHANNEL_AXIS)
         if runs:  # the recomputation in backward (also traced inside tf.function)
             with _frozen_running_stats():
                 return layer(x, training=training)

@@ -49,8 +49,7 @@ class DenseNet(keras.Model):
             else:  # cifar: a single 3x3 conv, no BN in the stem
                 self.stem = _Sequential(
                     "stem",
-                    pad=keras.layers.ZeroPadding2D(1),  # explicit ('same' agrees at stride 1)
-                    conv=_conv2d(c.in_channels, c.num_init_features, 3, c),
+                    conv=_conv2d(c.in_channels, c.num_init_features, 3, c, padding="same"),
                 )
             self.blocks, self.transitions = [], []
             for i, (num_layers, channels) in enumerate(zip(c.block_config, c.block_in_channels())):
