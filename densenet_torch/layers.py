@@ -89,10 +89,10 @@ def _scratch_running_stats(module: nn.Module):
 class DenseBlock(nn.Module):
     """Dense connectivity: each layer sees the concatenation of all earlier feature maps.
 
-    memory_efficient keeps only each layer's input (the concatenation) and recomputes the
-    layer's BN-ReLU-conv intermediates in backward (torch.utils.checkpoint). The recomputation
-    updates scratch copies of the running statistics, so the real ones are updated exactly once
-    per step, as without checkpointing, and every number is the same.
+    memory_efficient keeps only the separate feature maps (linear in depth) and recomputes each
+    layer's concatenation and BN-ReLU-conv intermediates in backward (torch.utils.checkpoint).
+    The recomputation updates scratch copies of the running statistics, so the real ones are
+    updated exactly once per step, as without checkpointing, and every number is the same.
     """
 
     def __init__(
@@ -110,24 +110,25 @@ class DenseBlock(nn.Module):
         )
         self.memory_efficient = memory_efficient
 
-    def _run_layer(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _run_layer(self, layer: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
         if not (self.memory_efficient and torch.is_grad_enabled()):
-            return layer(x)
+            return layer(torch.cat(inputs, dim=CHANNEL_AXIS))
         return checkpoint(
-            layer,
-            x,
+            lambda *inputs: layer(torch.cat(inputs, dim=CHANNEL_AXIS)),
+            *inputs,
             use_reentrant=False,
             # (context of the first forward, context of the recomputation in backward)
             context_fn=lambda: (contextlib.nullcontext(), _scratch_running_stats(layer)),
         )
 
     def forward(self, x: torch.Tensor, features: dict | None = None) -> torch.Tensor:
+        inputs = [x]  # the block input, then each layer's output y
         for j, layer in enumerate(self.layers):
-            y = self._run_layer(layer, x)
+            y = self._run_layer(layer, inputs)
             if features is not None:
                 features[f"layers.{j}"] = y
-            x = torch.cat([x, y], dim=CHANNEL_AXIS)
-        return x
+            inputs.append(y)
+        return torch.cat(inputs, dim=CHANNEL_AXIS)
 
 
 def transition_block(in_channels: int, out_channels: int, config: DenseNetConfig) -> nn.Sequential:
