@@ -23,12 +23,18 @@ from pathlib import Path
 from benchmarks import flops
 from densenet_spec import envs
 from benchmarks.timing import MODES, Request
-from densenet_spec.config import PRESETS, DenseNetConfig, get_preset
+from densenet_spec.config import PRESETS, DenseNetConfig
 from densenet_spec.envs import FRAMEWORKS
-from densenet_spec.errors import DenseNetError
+from densenet_spec.errors import DenseNetError, UnknownPresetError
 
 SCHEMA = "densenet-bench/1"
 OFFICIAL = ("densenet121", "densenet161", "densenet169", "densenet201")
+# The paper's deepest ImageNet DenseNet-BC (Table 1), for memory against depth; a benchmark
+# config only (no official implementation ships it, so it is no spec preset).
+BENCH_PRESETS = {
+    **PRESETS,
+    "densenet264": DenseNetConfig(32, (6, 12, 64, 48), 64, "imagenet", 4, 0.5, False, 3, 1000),
+}
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,8 @@ def parse_args(argv):
                    help="add each framework's official DenseNet: torchvision, keras.applications "
                    "(JAX and TF backends), the Gluon model zoo (random weights, never downloaded)")
     p.add_argument("--preset", default="densenet121",
-                   help=f"comma-separated; known: {', '.join(PRESETS)} (default densenet121)")
+                   help=f"comma-separated; known: {', '.join(BENCH_PRESETS)} "
+                   "(default densenet121)")
     p.add_argument("--batch", default="16", help="comma-separated batch sizes (default 16)")
     p.add_argument("--image-size", default=None,
                    help="comma-separated square sizes (default 224, or 32 for the CIFAR stem)")
@@ -91,9 +98,11 @@ def parse_args(argv):
     p.add_argument("--fast", default="none",
                    help="fast paths to measure as well as each baseline, comma-separated, or all / "
                    f"none (default none); known: {', '.join(FAST_PATHS)}")
-    p.add_argument("--memory-efficient", action="store_true",
-                   help="checkpointed dense layers (memory_efficient=True); "
-                   "targets without it are skipped")
+    p.add_argument("--memory-efficient", nargs="?", const="on", default="off",
+                   choices=("off", "on", "both"),
+                   help="checkpointed dense layers (memory_efficient=True): alone or 'on' instead "
+                   "of the plain layers, 'both' for plain and checkpointed side by side; targets "
+                   "without it are skipped")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--threads", type=int, default=None,
                    help="threads per framework (OMP/MKL variables and the framework's own setting)")
@@ -134,7 +143,12 @@ def plan(args) -> tuple[list[tuple[Target, str, Request]], list[str]]:
     order = [n for fw in FRAMEWORKS for n in (fw, PEERS[fw])]  # each peer right after ours
     targets = sorted(dict.fromkeys(targets), key=order.index)
     presets = _csv(args.preset)
-    configs = {name: get_preset(name) for name in presets}
+    unknown = [p for p in presets if p not in BENCH_PRESETS]
+    if unknown:
+        raise UnknownPresetError(
+            f"unknown preset {unknown[0]!r}; known presets: {', '.join(BENCH_PRESETS)}"
+        )
+    configs = {name: BENCH_PRESETS[name] for name in presets}
     batches = _ints(args.batch, "--batch")
     fast = _csv(args.fast)
     if fast == ["all"]:
@@ -148,25 +162,28 @@ def plan(args) -> tuple[list[tuple[Target, str, Request]], list[str]]:
         raise DenseNetError("--iters must be >= 1 and --warmup >= 0")
     overrides = dict(_pair(e) for e in args.env)
     modes = MODES if args.mode == "both" else (args.mode,)
+    checkpointed = {"off": [False], "on": [True], "both": [False, True]}[args.memory_efficient]
     runs, notes = [], []
     for name, preset in itertools.product(targets, presets):
         target, config = TARGETS[name], configs[preset]
         if target.presets is not None and preset not in target.presets:
             notes.append(f"{name}: no official {preset} (has {', '.join(target.presets)})")
             continue
-        if args.memory_efficient and not target.memory_efficient:
+        memory_efficient = checkpointed
+        if True in checkpointed and not target.memory_efficient:
             notes.append(f"{name}: no memory-efficient mode")
-            continue
+            memory_efficient = [m for m in checkpointed if not m]
         variants = [target.variants[0]] + [v for v in target.variants[1:] if v in fast]
         sizes = [_default_size(config)]
         if args.image_size:
             sizes = _ints(args.image_size, "--image-size")
-        for variant, batch, size, mode in itertools.product(variants, batches, sizes, modes):
+        for variant, batch, size, mode, me in itertools.product(
+            variants, batches, sizes, modes, memory_efficient
+        ):
             req = Request(
                 target=name, variant=variant, mode=mode, preset=preset, config=config.to_dict(),
                 batch=batch, image_size=size, iters=args.iters, warmup=args.warmup,
-                memory_efficient=args.memory_efficient, device=args.device,
-                threads=args.threads, seed=args.seed,
+                memory_efficient=me, device=args.device, threads=args.threads, seed=args.seed,
             )
             runs.append((target, overrides.get(name, target.env), req))
     return runs, notes

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 COLUMNS = ("target", "variant", "preset", "batch", "size", "mode", "img/s", "min-max",
-           "1st call s", "RSS MiB", "dev MiB", "GFLOP/s", "% peak", "load")
+           "1st call s", "RSS MiB", "steady MiB", "dev MiB", "GFLOP/s", "% peak", "load")
 
 
 def console() -> Console:
@@ -60,6 +60,7 @@ def row(line: dict) -> list[str]:
         f"{line['throughput_min']:.1f}-{line['throughput_max']:.1f}",
         _num(line["first_call_s"], ".2f"),
         _num(line.get("rss_peak_mb"), ".0f"),
+        _num(line.get("rss_steady_peak_mb"), ".0f"),  # peak after the first (compiling) call
         _num(line.get("device_peak_mb"), ".0f"),
         _num(line.get("achieved_gflops"), ".1f"),
         "-" if frac is None else f"{100 * frac:.0f}%",

@@ -24,7 +24,6 @@ from benchmarks.timing import (
     cpu_info,
     measure,
     os_threads,
-    peak_rss_mb,
     pin,
     rss_mb,
 )
@@ -56,8 +55,7 @@ def run(req: Request) -> dict:
         out["setup_s"] = time.perf_counter() - start  # import, build, data on the device
         out["rss_setup_mb"] = rss_mb()
         out.update(prepared.info)
-        out.update(measure(prepared, req.warmup, req.iters))
-        out["rss_peak_mb"] = peak_rss_mb()
+        out.update(measure(prepared, req.warmup, req.iters))  # rss_peak_mb and its two parts
         peak = prepared.device_peak_bytes()
         out["device_peak_mb"] = None if peak is None else peak / 2**20
         out["os_threads"] = os_threads()

@@ -59,11 +59,17 @@ class Prepared:
 
 
 def measure(prepared: Prepared, warmup: int, iters: int) -> dict:
-    """First call (trace / compile) timed alone, `warmup` untimed calls, then `iters` timed ones."""
+    """First call (trace / compile) timed alone, `warmup` untimed calls, then `iters` timed ones.
+
+    Peak RSS is read twice: up to the end of the first call (which includes compiling: XLA and
+    torch.compile can need more host memory to compile than to run), and over the steady steps
+    after it (the peak is reset in between where Linux allows it)."""
     step, sync = prepared.step, prepared.sync
     start = time.perf_counter()
     sync(step())
     first = time.perf_counter() - start
+    first_peak = peak_rss_mb()
+    steady_peak_known = reset_peak_rss()
     for _ in range(warmup):
         sync(step())
     times = []
@@ -71,7 +77,11 @@ def measure(prepared: Prepared, warmup: int, iters: int) -> dict:
         start = time.perf_counter()
         sync(step())
         times.append(time.perf_counter() - start)
+    steady_peak = peak_rss_mb()
     return {
+        "rss_first_call_peak_mb": first_peak,
+        "rss_steady_peak_mb": steady_peak if steady_peak_known else None,
+        "rss_peak_mb": max(first_peak, steady_peak),  # the whole process's peak
         "first_call_s": first,
         "median_s": statistics.median(times),
         "min_s": min(times),
@@ -103,6 +113,18 @@ def peak_rss_mb() -> float:
     if kb is None:
         kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return kb / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start the peak RSS afresh from the current RSS (Linux: "5" to /proc/self/clear_refs).
+
+    False where that is not possible (then the peak keeps counting from the process start)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _status_kb("VmHWM") is not None
 
 
 def os_threads() -> int | None:

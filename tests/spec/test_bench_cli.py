@@ -78,6 +78,30 @@ def test_plan_puts_each_peer_after_ours_and_skips_what_peers_lack():
     assert all(r.memory_efficient for _, _, r in runs)
 
 
+def test_plan_measures_plain_and_memory_efficient_side_by_side_where_asked():
+    runs, notes = _plan(["--frameworks", "torch,mx", "--peers", "--memory-efficient", "both",
+                         "--mode", "train", "--preset", "densenet201,densenet264"])
+    got = [(t.name, r.preset, r.memory_efficient) for t, _, r in runs]
+    assert got == [
+        ("torch", "densenet201", False), ("torch", "densenet201", True),
+        ("torch", "densenet264", False), ("torch", "densenet264", True),
+        ("torchvision", "densenet201", False), ("torchvision", "densenet201", True),
+        ("mx", "densenet201", False), ("mx", "densenet201", True),  # mx says why it cannot
+        ("mx", "densenet264", False), ("mx", "densenet264", True),
+        ("gluon", "densenet201", False),  # the zoo has no checkpointing: plain only
+    ]
+    assert any("gluon: no memory-efficient" in n for n in notes)
+    assert any("torchvision: no official densenet264" in n for n in notes)
+
+
+def test_densenet264_is_the_papers_deeper_config_for_benchmarks_only():
+    c = cli.BENCH_PRESETS["densenet264"]
+    assert c.block_config == (6, 12, 64, 48) and c.growth_rate == 32
+    assert "densenet264" not in PRESETS
+    with pytest.raises(DenseNetError, match="densenet264"):  # the message lists it as known
+        _plan(["--preset", "densenet999"])
+
+
 @pytest.mark.parametrize("argv", [["--frameworks", "caffe"], ["--fast", "turbo"],
                                   ["--batch", "0"], ["--env", "torch"]])
 def test_plan_rejects_bad_options_by_name(argv):
@@ -89,7 +113,7 @@ FIELDS = {
     "schema", "target", "framework", "implementation", "variant", "preset", "batch", "image_size",
     "mode", "memory_efficient", "device", "ok", "first_call_s", "compile_s", "median_s", "min_s",
     "max_s", "times_s", "throughput", "throughput_min", "throughput_max", "rss_setup_mb",
-    "rss_peak_mb", "device_peak_mb", "versions", "threads", "os_threads", "forward_gmac",
+    "rss_peak_mb", "rss_first_call_peak_mb", "rss_steady_peak_mb", "device_peak_mb", "versions", "threads", "os_threads", "forward_gmac",
     "achieved_gflops", "peak", "fraction_of_peak", "command", "runner_command", "load_avg_start",
 }
 
@@ -120,6 +144,8 @@ def test_cli_writes_one_json_line_per_mode_with_every_field(torch_lines):
         assert line["min_s"] <= line["median_s"] <= line["max_s"]
         assert line["throughput"] == pytest.approx(2 / line["median_s"])
         assert line["rss_peak_mb"] >= line["rss_setup_mb"] > 0
+        parts = (line["rss_first_call_peak_mb"], line["rss_steady_peak_mb"])
+        assert line["rss_peak_mb"] == max(parts) and min(parts) > 0  # Linux resets the peak
         assert line["threads"]["intra_op"] == 1
         assert "torch" in line["versions"]
         macs = flops.forward_macs(get_preset("tiny"), 32)
