@@ -163,6 +163,94 @@ def plot(lines: list[dict], path) -> None:
     plt.close(fig)
 
 
+def _step_mb(line: dict) -> float:
+    """Host memory one training step adds beyond the built model: steady peak minus setup RSS
+    (the framework's own footprint and the weights are in the setup RSS)."""
+    peak = line.get("rss_steady_peak_mb") or line["rss_peak_mb"]
+    return peak - line["rss_setup_mb"]
+
+
+def depth_series(lines: list[dict], min_depths: int = 2) -> dict[tuple, list[dict]]:
+    """Training results by (target, variant, batch, size, memory_efficient), ordered by depth
+    (dense layers); only series measured at `min_depths` depths or more."""
+    series: dict[tuple, dict[int, dict]] = {}
+    for ln in lines:
+        if ln.get("ok") and ln["mode"] == "train":
+            key = (ln["target"], ln["variant"], ln["batch"], ln["image_size"],
+                   bool(ln.get("memory_efficient")))
+            series.setdefault(key, {})[sum(ln["config"]["block_config"])] = ln
+    return {k: [v[d] for d in sorted(v)] for k, v in series.items() if len(v) >= min_depths}
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """Least-squares line y = a + b x; (a, b, largest residual as a fraction of its y)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    a = my - b * mx
+    return a, b, max(abs(y - (a + b * x)) / abs(y) for x, y in zip(xs, ys))
+
+
+def depth_markdown(lines: list[dict]) -> str:
+    """Plain against memory-efficient training per depth, and how straight each series is."""
+    series = depth_series(lines, min_depths=1)
+    out = ["| target | preset | dense layers | plain step MiB | memeff step MiB | memeff / plain "
+           "| peak RSS memeff / plain | plain img/s | memeff img/s | slowdown |", "|" + "---|" * 10]
+    fits = []
+    for key, plain in series.items():
+        if key[4]:
+            continue
+        checkpointed = {sum(ln["config"]["block_config"]): ln
+                        for ln in series.get(key[:4] + (True,), [])}
+        for ln in plain:
+            depth = sum(ln["config"]["block_config"])
+            me = checkpointed.get(depth)
+            cells = [f"{key[0]}/{key[1]}", ln["preset"], str(depth), f"{_step_mb(ln):.0f}"]
+            if me:
+                cells += [f"{_step_mb(me):.0f}", f"{_step_mb(me) / _step_mb(ln):.0%}",
+                          f"{me['rss_peak_mb'] / ln['rss_peak_mb']:.0%}", f"{ln['throughput']:.2f}", f"{me['throughput']:.2f}",
+                          f"{ln['throughput'] / me['throughput'] - 1:+.0%}"]
+            else:
+                cells += ["-", "-", "-", f"{ln['throughput']:.2f}", "-", "-"]
+            out.append("| " + " | ".join(cells) + " |")
+    for key, runs in depth_series(lines).items():
+        xs = [sum(ln["config"]["block_config"]) for ln in runs]
+        a, b, worst = linear_fit(xs, [_step_mb(ln) for ln in runs])
+        mode = "memeff" if key[4] else "plain"
+        fits.append(f"- {key[0]}/{key[1]} {mode}: {b:.1f} MiB per dense layer, straight line "
+                    f"within {worst:.1%} over {len(xs)} depths")
+    fits = fits or ["- (needs a series measured at two depths or more)"]
+    head = "\n\nLinear fit of step memory against dense layers:\n"
+    return "\n".join(out) + head + "\n".join(fits) + "\n"
+
+
+def depth_plot(lines: list[dict], path) -> None:
+    """Step memory (steady peak RSS minus setup) against dense layers, plain and checkpointed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (target, variant, batch, size, me), runs in depth_series(lines).items():
+        xs = [sum(ln["config"]["block_config"]) for ln in runs]
+        ax.plot(xs, [_step_mb(ln) for ln in runs], "o--" if me else "o-",
+                label=f"{target}/{variant}" + (" memory-efficient" if me else ""))
+        for x, ln in zip(xs, runs):
+            if not me:
+                ax.annotate(ln["preset"].replace("densenet", ""), (x, _step_mb(ln)), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("dense layers (sum of block_config)")
+    ax.set_ylabel("train step memory, MiB (steady peak RSS - setup)")
+    ax.set_title("Training memory against depth")
+    ax.legend(fontsize=7)
+    fig.text(0.01, 0.005, textwrap.fill(_caption(lines), 110), fontsize=6)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.report", description=__doc__.split("\n")[0]
@@ -170,6 +258,9 @@ def main(argv=None) -> int:
     p.add_argument("results", type=Path, help="JSON lines written by densenet-bench --json")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     p.add_argument("--plot", type=Path, help="write a PNG of throughput and memory here")
+    p.add_argument("--depth-markdown", type=Path,
+                   help="write plain vs memory-efficient training memory per depth here")
+    p.add_argument("--depth-plot", type=Path, help="write a PNG of training memory vs depth here")
     p.add_argument("--all", action="store_true",
                    help="show every line; by default a re-run measurement replaces the earlier one")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -181,6 +272,10 @@ def main(argv=None) -> int:
         args.markdown.write_text(markdown(lines))
     if args.plot:
         plot(lines, args.plot)
+    if args.depth_markdown:
+        args.depth_markdown.write_text(depth_markdown(lines))
+    if args.depth_plot:
+        depth_plot(lines, args.depth_plot)
     return 0
 
 

@@ -168,3 +168,30 @@ def test_report_keeps_the_latest_rerun_of_each_measurement():
          "mode": "infer", "memory_efficient": False, "device": "cpu", "n": 1}
     b, c = {**a, "mode": "train", "n": 2}, {**a, "n": 3}
     assert [line["n"] for line in report.latest([a, b, c])] == [3, 2]
+
+
+def test_linear_fit_recovers_a_line_and_measures_a_bend():
+    a, b, worst = report.linear_fit([58, 82, 98, 130], [100 + 2 * x for x in (58, 82, 98, 130)])
+    assert (a, b, worst) == pytest.approx((100, 2, 0), abs=1e-9)
+    *_, worst = report.linear_fit([1, 2, 3, 4], [1, 4, 9, 16])  # a parabola is not straight
+    assert worst > 0.2
+
+
+def _train_line(preset, memory_efficient, setup, peak, median_s):
+    return {"ok": True, "mode": "train", "target": "torch", "variant": "eager", "batch": 8,
+            "image_size": 224, "preset": preset, "memory_efficient": memory_efficient,
+            "config": PRESETS[preset].to_dict(), "rss_setup_mb": setup,
+            "rss_steady_peak_mb": peak, "rss_peak_mb": peak, "throughput": 8 / median_s}
+
+
+def test_depth_table_compares_plain_and_memory_efficient_per_depth(tmp_path):
+    lines = [_train_line("densenet121", False, 400, 1400, 2.0),
+             _train_line("densenet121", True, 400, 900, 2.4),
+             _train_line("densenet201", False, 400, 2400, 4.0),
+             _train_line("densenet201", True, 400, 1000, 5.0)]
+    table = report.depth_markdown(lines)
+    assert "| torch/eager | densenet121 | 58 | 1000 | 500 | 50% | 64% | 4.00 | 3.33 | +20% |" in table
+    assert "| torch/eager | densenet201 | 98 | 2000 | 600 | 30% | 42% | 2.00 | 1.60 | +25% |" in table
+    assert "memeff: 2.5 MiB per dense layer" in table  # (600 - 500) / (98 - 58)
+    report.depth_plot(lines, tmp_path / "depth.png")
+    assert (tmp_path / "depth.png").read_bytes()[:4] == b"\x89PNG"
