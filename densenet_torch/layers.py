@@ -89,10 +89,11 @@ def _scratch_running_stats(module: nn.Module):
 class DenseBlock(nn.Module):
     """Dense connectivity: each layer sees the concatenation of all earlier feature maps.
 
-    memory_efficient keeps only the separate feature maps (linear in depth) and recomputes each
-    layer's concatenation and BN-ReLU-conv intermediates in backward (torch.utils.checkpoint).
-    The recomputation updates scratch copies of the running statistics, so the real ones are
-    updated exactly once per step, as without checkpointing, and every number is the same.
+    memory_efficient keeps the separate feature maps, not each layer's concatenation (linear in
+    depth, not quadratic): the concatenation, BN, ReLU and 1x1 conv are recomputed in backward
+    (torch.utils.checkpoint), as in torchvision. The recomputation updates scratch copies of the
+    running statistics, so the real ones are updated exactly once per step, as without
+    checkpointing, and every number is the same.
     """
 
     def __init__(
@@ -110,16 +111,20 @@ class DenseBlock(nn.Module):
         )
         self.memory_efficient = memory_efficient
 
-    def _run_layer(self, layer: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def _run_layer(self, layer: nn.Sequential, inputs: list[torch.Tensor]) -> torch.Tensor:
         if not (self.memory_efficient and torch.is_grad_enabled()):
             return layer(torch.cat(inputs, dim=CHANNEL_AXIS))
-        return checkpoint(
-            lambda *inputs: layer(torch.cat(inputs, dim=CHANNEL_AXIS)),
+        # Recompute the concatenation and the first BN-ReLU-conv (the 1x1 bottleneck conv, or
+        # the whole conv_block): the only tensors as wide as the concatenation.
+        first, rest = layer[:3], layer[3:]
+        x = checkpoint(
+            lambda *inputs: first(torch.cat(inputs, dim=CHANNEL_AXIS)),
             *inputs,
             use_reentrant=False,
             # (context of the first forward, context of the recomputation in backward)
-            context_fn=lambda: (contextlib.nullcontext(), _scratch_running_stats(layer)),
+            context_fn=lambda: (contextlib.nullcontext(), _scratch_running_stats(first)),
         )
+        return rest(x)
 
     def forward(self, x: torch.Tensor, features: dict | None = None) -> torch.Tensor:
         inputs = [x]  # the block input, then each layer's output y

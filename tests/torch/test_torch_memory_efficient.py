@@ -51,21 +51,25 @@ def test_running_stats_updated_once_with_memory_efficient(name):
     assert set(efficient_counts.values()) == {1} and efficient_counts == plain_counts
 
 
-def test_memory_efficient_really_recomputes():
-    """The checkpointed path is taken: a dense layer's BatchNorm runs twice per train step."""
-    calls = []
-
-    def count(module, args, output):
-        calls.append(module)
-
-    config = CONFIGS["tiny"]
-    for memory_efficient, expected in ((False, 1), (True, 2)):
-        calls.clear()
-        model = DenseNet(config, memory_efficient=memory_efficient)
-        model.blocks[0].layers[0].norm2.register_forward_hook(count)
+@pytest.mark.parametrize("name, recomputed, kept", [("tiny", "norm1", "norm2"),
+                                                    ("tiny_conv_block_biased", "norm", None)])
+def test_memory_efficient_recomputes_the_concatenation_wide_half(name, recomputed, kept):
+    """The checkpointed path is taken: the BN that sees the concatenation runs twice per train
+    step (forward, and again in backward); a bottleneck's second BN, on 4k channels, once."""
+    for memory_efficient in (False, True):
+        model = DenseNet(CONFIGS[name], memory_efficient=memory_efficient)
+        layer = model.blocks[0].layers[1]
+        calls = {recomputed: 0, kept: 0}
+        for norm in calls:
+            if norm is not None:
+                getattr(layer, norm).register_forward_hook(
+                    lambda module, args, out, norm=norm: calls.__setitem__(norm, calls[norm] + 1)
+                )
         model.train()
         model(torch.randn(2, 3, 16, 16)).sum().backward()
-        assert len(calls) == expected
+        assert calls[recomputed] == (2 if memory_efficient else 1)
+        if kept is not None:
+            assert calls[kept] == 1
 
 
 def test_naive_checkpoint_updates_running_stats_twice():
