@@ -192,11 +192,18 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     return a, b, max(abs(y - (a + b * x)) / abs(y) for x, y in zip(xs, ys))
 
 
+def _cpu_slowdown(plain: dict, checkpointed: dict) -> str:
+    if not (plain.get("cpu_median_s") and checkpointed.get("cpu_median_s")):
+        return "-"
+    return f"{checkpointed['cpu_median_s'] / plain['cpu_median_s'] - 1:+.0%}"
+
+
 def depth_markdown(lines: list[dict]) -> str:
     """Plain against memory-efficient training per depth, and how straight each series is."""
     series = depth_series(lines, min_depths=1)
     out = ["| target | preset | dense layers | plain step MiB | memeff step MiB | memeff / plain "
-           "| peak RSS memeff / plain | plain img/s | memeff img/s | slowdown |", "|" + "---|" * 10]
+           "| peak RSS memeff / plain | plain img/s | memeff img/s | slowdown | CPU time slowdown |",
+           "|" + "---|" * 11]
     fits = []
     for key, plain in series.items():
         if key[4]:
@@ -210,9 +217,9 @@ def depth_markdown(lines: list[dict]) -> str:
             if me:
                 cells += [f"{_step_mb(me):.0f}", f"{_step_mb(me) / _step_mb(ln):.0%}",
                           f"{me['rss_peak_mb'] / ln['rss_peak_mb']:.0%}", f"{ln['throughput']:.2f}", f"{me['throughput']:.2f}",
-                          f"{ln['throughput'] / me['throughput'] - 1:+.0%}"]
+                          f"{ln['throughput'] / me['throughput'] - 1:+.0%}", _cpu_slowdown(ln, me)]
             else:
-                cells += ["-", "-", "-", f"{ln['throughput']:.2f}", "-", "-"]
+                cells += ["-", "-", "-", f"{ln['throughput']:.2f}", "-", "-", "-"]
             out.append("| " + " | ".join(cells) + " |")
     for key, runs in depth_series(lines).items():
         xs = [sum(ln["config"]["block_config"]) for ln in runs]

@@ -112,7 +112,7 @@ def test_plan_rejects_bad_options_by_name(argv):
 FIELDS = {
     "schema", "target", "framework", "implementation", "variant", "preset", "batch", "image_size",
     "mode", "memory_efficient", "device", "ok", "first_call_s", "compile_s", "median_s", "min_s",
-    "max_s", "times_s", "throughput", "throughput_min", "throughput_max", "rss_setup_mb",
+    "max_s", "times_s", "cpu_median_s", "throughput", "throughput_min", "throughput_max", "rss_setup_mb",
     "rss_peak_mb", "rss_first_call_peak_mb", "rss_steady_peak_mb", "device_peak_mb", "versions", "threads", "os_threads", "forward_gmac",
     "achieved_gflops", "peak", "fraction_of_peak", "command", "runner_command", "load_avg_start",
 }
@@ -181,7 +181,8 @@ def _train_line(preset, memory_efficient, setup, peak, median_s):
     return {"ok": True, "mode": "train", "target": "torch", "variant": "eager", "batch": 8,
             "image_size": 224, "preset": preset, "memory_efficient": memory_efficient,
             "config": PRESETS[preset].to_dict(), "rss_setup_mb": setup,
-            "rss_steady_peak_mb": peak, "rss_peak_mb": peak, "throughput": 8 / median_s}
+            "rss_steady_peak_mb": peak, "rss_peak_mb": peak, "throughput": 8 / median_s,
+            "cpu_median_s": median_s}
 
 
 def test_depth_table_compares_plain_and_memory_efficient_per_depth(tmp_path):
@@ -190,8 +191,8 @@ def test_depth_table_compares_plain_and_memory_efficient_per_depth(tmp_path):
              _train_line("densenet201", False, 400, 2400, 4.0),
              _train_line("densenet201", True, 400, 1000, 5.0)]
     table = report.depth_markdown(lines)
-    assert "| torch/eager | densenet121 | 58 | 1000 | 500 | 50% | 64% | 4.00 | 3.33 | +20% |" in table
-    assert "| torch/eager | densenet201 | 98 | 2000 | 600 | 30% | 42% | 2.00 | 1.60 | +25% |" in table
+    assert "| torch/eager | densenet121 | 58 | 1000 | 500 | 50% | 64% | 4.00 | 3.33 | +20% | +20% |" in table
+    assert "| torch/eager | densenet201 | 98 | 2000 | 600 | 30% | 42% | 2.00 | 1.60 | +25% | +25% |" in table
     assert "memeff: 2.5 MiB per dense layer" in table  # (600 - 500) / (98 - 58)
     report.depth_plot(lines, tmp_path / "depth.png")
     assert (tmp_path / "depth.png").read_bytes()[:4] == b"\x89PNG"
