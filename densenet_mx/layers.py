@@ -7,9 +7,12 @@ Every layer is a HybridBlock built with explicit `in_channels`, so no shape is i
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import mxnet as mx
 import numpy as np
 from mxnet import nd
-from mxnet.gluon import nn
+from mxnet.gluon import Parameter, nn
 
 from densenet_spec.config import DenseNetConfig
 
@@ -130,7 +133,7 @@ def bottleneck_block(in_channels: int, growth_rate: int, config: DenseNetConfig)
 
 
 class _RunningStatsCorrection:
-    """parity: the spec's running-statistic update, made from what MXNet's kernel wrote.
+    """parity: the spec's running-statistic update, made from what MXNet's kernel writes.
 
     For a batch statistic s (the mean; the variance), a train step makes the kernel write
     r_new = m_k * r_old + (1 - m_k) * s, where m_k = float32(1 - bn_momentum) (the operator keeps
@@ -138,36 +141,81 @@ class _RunningStatsCorrection:
     and s is the biased batch variance on CPU, the unbiased one under cuDNN. The spec wants
     m * r_old + (1 - m) * s * f, m = 1 - bn_momentum exactly, f = n / (n - 1) for the unbiased
     rule over a biased kernel ((n - 1) / n the other way round, else 1), n = N * H * W. With
-    s = (r_new - m_k * r_old) / (1 - m_k) recovered from the snapshot r_old,
+    s = (r_new - m_k * r_old) / (1 - m_k),
 
-        r_spec = r_new + (m - m_k) * (r_old - s) + (1 - m) * s * (f - 1).
+        r_spec = a * r_new + b * r_old,   a = (1 - m) * f / (1 - m_k),   b = m - a * m_k.
 
-    Snapshot before the forward (the constructor), apply() once after the kernel has updated:
-    on CPU that is after backward. MXNet's CPU kernel leaves the statistics alone in a
-    train-mode forward that is not followed by backward, so apply() must not run then.
+    The kernel's update is linear in r_old, so the b term needs no snapshot of r_old: scaling
+    r_old by c = m / (a * m_k) before the kernel runs and its r_new by a after gives
+    a * (m_k * c * r_old + (1 - m_k) * s) = r_spec. A train step is then two in-place scalings
+    per statistic, each set in one call (_scale_in_place), in double for float64; for float32
+    statistics the op rounds c and a to float32. A factor that is 1 in the statistics' dtype is
+    skipped (both for the means, and for the variances if f = 1, when 1 - bn_momentum is a
+    float32 number such as 0.5).
+
+    `with model.running_stats_correction(x.shape):` around forward and backward scales by c on
+    entering and by a on leaving. The block must contain exactly one kernel update (on CPU:
+    backward; MXNet's CPU kernel leaves the statistics alone in a train-mode forward without
+    backward). On an exception they are scaled back by 1 / c: a failed forward leaves them as
+    they were, to rounding.
     """
 
-    def __init__(self, norms: list[tuple[nn.BatchNorm, int]], config: DenseNetConfig,
+    def __init__(self, stats: list[tuple[Parameter, Parameter, int]], config: DenseNetConfig,
                  kernel_unbiased: bool):
-        self._m = 1.0 - config.bn_momentum
-        self._m_kernel = float(np.float32(self._m))
+        """stats: (running mean, running variance, n) of each BatchNorm."""
+        m = 1.0 - config.bn_momentum
+        m_k = float(np.float32(m))
         want_unbiased = config.bn_running_var == "unbiased"
-        self._items = []
-        if self._m_kernel == 1.0:  # bn_momentum 0: neither the kernel nor the spec updates
+        self._before, self._after = [], []  # (statistic, c), (statistic, a)
+        if m_k == 1.0:  # bn_momentum 0: neither the kernel nor the spec updates
             return
-        for norm, n in norms:
+        factors = {}  # (f, dtype) -> (c, a), None for a factor that is 1 in that dtype
+        for running_mean, running_var, n in stats:
             if want_unbiased == kernel_unbiased:
                 f = 1.0
             elif want_unbiased:
                 f = n / (n - 1)
             else:
                 f = (n - 1) / n
-            self._items.append((norm.running_mean, norm.running_mean.data().copy(), 1.0))
-            self._items.append((norm.running_var, norm.running_var.data().copy(), f))
+            dtype = np.dtype(running_mean.dtype)  # the scalar ops multiply in this dtype
+            for param, f_stat in ((running_mean, 1.0), (running_var, f)):
+                if (f_stat, dtype) not in factors:
+                    a = (1.0 - m) * f_stat / (1.0 - m_k)
+                    c = m / (a * m_k) if m_k else 1.0  # bn_momentum 1: the kernel drops r_old
+                    factors[f_stat, dtype] = tuple(  # * 1 is a no-op
+                        None if dtype.type(v) == 1.0 else v for v in (c, a))
+                c, a = factors[f_stat, dtype]
+                stat = param.data()
+                if c is not None:
+                    self._before.append((stat, c))
+                if a is not None:
+                    self._after.append((stat, a))
 
-    def apply(self) -> None:
-        m, m_k = self._m, self._m_kernel
-        for param, r_old, f in self._items:
-            r_new = param.data()
-            s = (r_new - m_k * r_old) / (1.0 - m_k)
-            param.set_data(r_new + (m - m_k) * (r_old - s) + (1.0 - m) * (f - 1.0) * s)
+    def __enter__(self) -> "_RunningStatsCorrection":
+        _scale_in_place(self._before)
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            _scale_in_place(self._after)
+        else:
+            for stat, c in self._before:
+                stat /= c
+
+
+def _scale_in_place(items: list[tuple[nd.NDArray, float]]) -> None:
+    """stat *= factor for every (stat, factor), as one call of a cached graph.
+
+    The same _mul_scalar per array as `stat *= factor` (the same numbers, bit for bit), but one
+    MXNet call instead of ~240, each of which costs ~20 us of Python and engine overhead.
+    """
+    if items:
+        stats, factors = zip(*items)
+        _scaling_graph(factors)(*stats, out=list(stats))
+
+
+@lru_cache(maxsize=16)
+def _scaling_graph(factors: tuple[float, ...]) -> nd.CachedOp:
+    """A graph whose i-th output is its i-th input times factors[i]; called with out= its inputs
+    it writes in place. Keyed by the factors (one set per input shape and dtype), not arrays."""
+    return nd.CachedOp(mx.sym.Group([mx.sym.var(f"s{i}") * f for i, f in enumerate(factors)]))

@@ -42,6 +42,7 @@ class DenseNet(nn.HybridBlock):
     def __init__(self, config: DenseNetConfig, memory_efficient: bool = False):
         super().__init__()
         self.config = config
+        self._running_stats = {}  # input shape -> running_stats_correction's (mean, var, n)
         c = config
         if c.stem == "imagenet":
             self.stem = _Sequential(
@@ -114,12 +115,20 @@ class DenseNet(nn.HybridBlock):
         return features
 
     def running_stats_correction(self, input_shape) -> _RunningStatsCorrection:
-        """parity: snapshot for the spec's running statistics (layers._RunningStatsCorrection).
+        """parity: a context around forward and backward that gives the running statistics the
+        spec's update (layers._RunningStatsCorrection)."""
+        check_input_shape(self.config, input_shape, "NCHW", training=True)  # before any change
+        shape = tuple(int(s) for s in input_shape)
+        if shape not in self._running_stats:  # once per shape: it runs every train step
+            self._running_stats[shape] = [(norm.running_mean, norm.running_var, n)
+                                          for norm, n in self._batch_norm_sizes(*shape)]
+        # MXNet's CPU kernel averages in the biased variance; cuDNN (GPU) the unbiased one.
+        kernel_unbiased = self.head.norm.running_var.list_ctx()[0].device_type == "gpu"
+        return _RunningStatsCorrection(self._running_stats[shape], self.config, kernel_unbiased)
 
-        n, the values per channel each BatchNorm averages over, is batch x the spatial size of
-        its stage: the stem's BN sits after the 7x7/2 conv, before the max-pool.
-        """
-        batch, _, height, width = (int(s) for s in input_shape)
+    def _batch_norm_sizes(self, batch, _, height, width) -> list[tuple[nn.BatchNorm, int]]:
+        """Every BatchNorm with n, the values per channel it averages over: batch x the spatial
+        size of its stage (the stem's BN sits after the 7x7/2 conv, before the max-pool)."""
         sizes = spatial_sizes(self.config, height, width)
         parts = []
         if self.config.stem == "imagenet":
@@ -132,6 +141,4 @@ class DenseNet(nn.HybridBlock):
         parts.append((self.head, h * w))  # the last block's size
         norms = [(norm, batch * hw) for part, hw in parts for norm in _batch_norms(part)]
         assert len(norms) == len(_batch_norms(self)), "a BatchNorm outside stem/blocks/head"
-        # MXNet's CPU kernel averages in the biased variance; cuDNN (GPU) the unbiased one.
-        kernel_unbiased = self.head.norm.running_var.list_ctx()[0].device_type == "gpu"
-        return _RunningStatsCorrection(norms, self.config, kernel_unbiased)
+        return norms

@@ -6,13 +6,15 @@
   needs backward(train_mode=False).
 - BatchNorm's CPU kernel updates running statistics in backward, with the biased variance and a
   float32 momentum; layers._RunningStatsCorrection makes the spec's update from it.
-- The fused SGD kernel takes lr / momentum / wd as float32; train._SGD updates in double.
+- The fused SGD kernel takes lr / momentum / wd as float32; train._SGD updates float64 weights
+  in double (float32 weights: the fused kernel).
 """
 
 import json
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from densenet_spec.case import SGDConfig, make_case, read_results, write_case  #
 from densenet_spec.compare import rel_errors  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_mx import DenseNet  # noqa: E402
+from densenet_mx.layers import _scale_in_place  # noqa: E402
 from densenet_mx.train import _SGD, gradients, make_optimizer, train_step  # noqa: E402
 from densenet_mx.weights import from_canonical, to_canonical  # noqa: E402
 
@@ -168,7 +171,7 @@ def test_running_stats_follow_the_spec_once_per_step(config):
     assert max(rel_errors(_running(to_canonical(model)), want).values()) < 1e-13
 
     from_canonical(model, case.params)
-    model.running_stats_correction = lambda shape: _NoCorrection()  # MXNet's kernel alone
+    model.running_stats_correction = lambda shape: nullcontext()  # MXNet's kernel alone
     gradients(model, x, y, training=True)
     kernel_error = max(rel_errors(_running(to_canonical(model)), want).values())
     assert kernel_error > 1e-8
@@ -179,9 +182,26 @@ def test_running_stats_follow_the_spec_once_per_step(config):
     assert max(rel_errors(_running(to_canonical(model)), want).values()) < 1e-13
 
 
-class _NoCorrection:
-    def apply(self):
-        pass
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_scaling_in_one_call_equals_one_op_per_array(dtype):
+    """The correction's batched in-place scaling gives the numbers of `stat *= factor`."""
+    rng = np.random.default_rng(0)
+    stats = [nd.array(rng.uniform(-3, 3, 37), dtype=dtype) for _ in range(50)]
+    factors = [float(f) for f in rng.uniform(0.5, 2, 50)]
+    want = [(stat * f).asnumpy() for stat, f in zip(stats, factors)]
+    _scale_in_place(list(zip(stats, factors)))
+    for stat, w in zip(stats, want):
+        np.testing.assert_array_equal(stat.asnumpy(), w)
+
+
+def test_running_stats_are_restored_when_the_step_fails():
+    """The correction scales the statistics on entering; an exception scales them back."""
+    case, model, x, y = _tiny(get_preset("tiny"))
+    before = _running(to_canonical(model))
+    with pytest.raises(RuntimeError, match="failed forward"):
+        with model.running_stats_correction(x.shape):
+            raise RuntimeError("failed forward")
+    assert max(rel_errors(_running(to_canonical(model)), before).values()) < 1e-15
 
 
 def test_sgd_updates_in_double_unlike_the_fused_kernel():
@@ -209,3 +229,32 @@ def test_sgd_updates_in_double_unlike_the_fused_kernel():
     ours = _SGD(momentum=sgd.momentum, learning_rate=sgd.lr, wd=sgd.weight_decay)
     assert run(fused) > 1e-10
     assert run(ours) < 1e-14
+
+
+def test_sgd_on_float32_weights_is_the_fused_kernel():
+    """float32 weights take optimizer "sgd"'s fused, aggregated path (multi_sgd_mom_update):
+    bit for bit the same weights, over more tensors than one aggregated call takes."""
+    sgd = SGDConfig(lr=0.05, momentum=0.9, weight_decay=1e-4)
+    rng = np.random.default_rng(0)
+    shapes = [(7,), (3, 5), (1000,), (2, 2, 3, 3), (11,), (4, 6)]
+    w0 = [rng.standard_normal(s).astype("float32") for s in shapes]
+    grads = [[rng.standard_normal(s).astype("float32") for s in shapes] for _ in range(3)]
+
+    def run(optimizer):
+        params = [gluon.Parameter(f"w{i}", shape=s) for i, s in enumerate(shapes)]
+        for param, w in zip(params, w0):
+            param.initialize()
+            param.set_data(nd.array(w))
+        trainer = gluon.Trainer(params, optimizer, kvstore=None)
+        for gs in grads:
+            with autograd.record():
+                loss = nd.add_n(*[(p.data() * nd.array(g)).sum() for p, g in zip(params, gs)])
+            loss.backward()
+            trainer.step(1)
+        return [param.data().asnumpy() for param in params]
+
+    fused = mx.optimizer.SGD(learning_rate=sgd.lr, momentum=sgd.momentum, wd=sgd.weight_decay)
+    ours = _SGD(momentum=sgd.momentum, learning_rate=sgd.lr, wd=sgd.weight_decay)
+    assert len(shapes) > ours.aggregate_num > 1
+    for got, want in zip(run(ours), run(fused)):
+        np.testing.assert_array_equal(got, want)
