@@ -129,7 +129,11 @@ def conv_block(in_channels: int, out_channels: int, config: DenseNetConfig) -> k
 
 
 class DenseBlock(keras.layers.Layer):
-    """Dense connectivity: layer j sees the concatenation of the block input and all earlier y."""
+    """Dense connectivity: layer j sees the concatenation of the block input and all earlier y.
+
+    memory_efficient: backward recomputes the layers from the block output (_recomputed_block)
+    instead of keeping every concatenation; the numbers are the same up to rounding.
+    """
 
     def __init__(
         self,
@@ -151,12 +155,11 @@ class DenseBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, training=False, features=None):
+        if self.memory_efficient:
+            return _recomputed_block(self.layers, x, training, features)
         inputs = [x]  # the block input, then each layer's output y
         for j, layer in enumerate(self.layers):
-            if self.memory_efficient:
-                y = _recompute(layer, training)(*inputs)
-            else:
-                y = layer(tf.concat(inputs, axis=CHANNEL_AXIS), training=training)
+            y = layer(tf.concat(inputs, axis=CHANNEL_AXIS), training=training)
             if features is not None:
                 features[f"layers.{j}"] = y
             inputs.append(y)
@@ -188,8 +191,8 @@ def bottleneck_block(in_channels: int, growth_rate: int, config: DenseNetConfig)
     )
 
 
-# Memory-efficient dense layers. tf.recompute_grad keeps only the layer's inputs on the tape and
-# runs the layer again in backward; that second run must not update the running statistics.
+# Memory-efficient dense blocks: backward recomputes each dense layer; the recomputation must not
+# update the running statistics (the forward run already did).
 _running_stats_frozen = False
 
 
@@ -203,21 +206,75 @@ def _frozen_running_stats():
         _running_stats_frozen = previous
 
 
-def _recompute(layer: keras.layers.Layer, training: bool):
-    """layer(concat(inputs), training) under tf.recompute_grad: only the separate feature maps
-    stay on the tape (linear in depth), the concatenation is rebuilt in backward with the rest.
-    BN statistics update in the forward run only."""
-    runs = []
+def _run(layer: _Sequential, names, x, training):
+    for name in names:
+        x = getattr(layer, name)(x, training=training)
+    return x
 
-    def run(*inputs):
-        x = tf.concat(inputs, axis=CHANNEL_AXIS)
-        if runs:  # the recomputation in backward (also traced inside tf.function)
-            with _frozen_running_stats():
-                return layer(x, training=training)
-        runs.append(True)
-        return layer(x, training=training)
 
-    return tf.recompute_grad(run)
+def _recomputed_block(layers, x, training, features):
+    """The dense block under one tf.custom_gradient that keeps the block output, not each layer's
+    concatenation and activations.
+
+    Layer j's input is the first w_j channels of the block output, so backward slices it off
+    again and reruns the layer, running statistics frozen, on local tapes. Its input gradient
+    joins one running gradient of that slice: TF's own backward of the concatenations would hold
+    one gradient per (layer, earlier feature map) until their AddN, quadratic in depth. The
+    saving is for tf.function: eagerly, tf.custom_gradient leaves the forward on the tape too.
+
+    A layer splits as torch's memory-efficient DenseNet does: norm, relu, conv (the 1x1 conv of
+    a bottleneck layer, or the whole conv_block) and the rest. Where the layer's input is at least
+    twice as wide as that conv's output, the output is kept: recomputing the conv would then be
+    the costly part (the deep blocks; DenseNet-201 steps +20% -> +12%), and what is kept is freed
+    before backward reaches the first, widest-resolution block, where the peak is.
+    """
+
+    @tf.custom_gradient
+    def block(x):
+        inputs, saved = [x], []
+        for j, layer in enumerate(layers):
+            h = tf.concat(inputs, axis=CHANNEL_AXIS)
+            first, rest = layer.order[:3], layer.order[3:]
+            z = _run(layer, first, h, training)
+            y = _run(layer, rest, z, training)
+            keep = bool(rest) and h.shape[CHANNEL_AXIS] >= 2 * z.shape[CHANNEL_AXIS]
+            saved.append((h.shape[CHANNEL_AXIS], z if keep else None))
+            if features is not None:
+                features[f"layers.{j}"] = y
+            inputs.append(y)
+        out = tf.concat(inputs, axis=CHANNEL_AXIS)
+
+        def grad(g, variables=()):
+            grads = {}  # variable ref -> gradient
+            for layer, (width, z) in zip(reversed(layers), reversed(saved)):
+                # tf.function runs an op as soon as its inputs are ready: without these control
+                # edges every recomputation would run at once, and the weight gradients last,
+                # keeping all the recomputed activations alive together.
+                with tf.control_dependencies([g]):
+                    h = out[..., :width]
+                g, dy = g[..., :width], g[..., width:]
+                first, rest = layer.order[:3], layer.order[3:]
+                with _frozen_running_stats():
+                    with tf.GradientTape() as tape1:
+                        tape1.watch(h)
+                        z_again = _run(layer, first, h, training)  # z kept: its conv is pruned
+                    z = z_again if z is None else z
+                    with tf.GradientTape() as tape2:
+                        tape2.watch(z)
+                        y = _run(layer, rest, z, training)
+                w2 = tape2.watched_variables()
+                dz, *dw2 = tape2.gradient(y, [z, *w2], output_gradients=dy)
+                w1 = tape1.watched_variables()
+                dh, *dw1 = tape1.gradient(z_again, [h, *w1], output_gradients=dz)
+                with tf.control_dependencies(dw1 + dw2):
+                    g = g + dh
+                grads.update((v.ref(), d) for v, d in zip(w1 + w2, dw1 + dw2))
+            # None for the running statistics, which eval mode reads
+            return g, [grads.get(v.ref()) for v in variables]
+
+        return out, grad
+
+    return block(x)
 
 
 @contextlib.contextmanager

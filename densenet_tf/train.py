@@ -69,10 +69,15 @@ def _train_step(model, optimizer, x, y):
         loss = loss_fn(model(x, training=True), y)
     variables = model.trainable_variables
     grads = tape.gradient(loss, variables)
-    # parity: coupled L2 as torch.optim.SGD: wd * param joins the gradient, so the momentum.
-    wd = optimizer.coupled_weight_decay
-    grads = [g + wd * v for g, v in zip(grads, variables)]
-    optimizer.apply_gradients(zip(grads, variables))
+    # tf.function runs an op as soon as its inputs are ready: wd * param and the optimizer's
+    # momentum * velocity read only variables, so they would run at the start of the step and
+    # hold two copies of the weights through forward and backward. Start the update after the
+    # last gradient instead.
+    with tf.control_dependencies([tf.group(grads)]):
+        # parity: coupled L2 as torch.optim.SGD: wd * param joins the gradient, so the momentum.
+        wd = optimizer.coupled_weight_decay
+        grads = [g + wd * v for g, v in zip(grads, variables)]
+        optimizer.apply_gradients(zip(grads, variables))
     return loss
 
 

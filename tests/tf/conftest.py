@@ -2,14 +2,17 @@
 the oracle's results cached per case (the oracle is the slow half of every parity test).
 
 TF_ENABLE_ONEDNN_OPTS=0 as densenet_tf.worker sets it for parity runs (see its docstring);
-TensorFlow reads it once, at import. OpenBLAS (the oracle's matmuls) gets one thread: its
-spinning worker threads otherwise compete with TensorFlow's pool on a small shared machine.
+TensorFlow reads it once, at import. TF_CPU_ALLOCATOR_USE_BFC gives the CPU allocator the
+statistics tf.config.experimental.get_memory_info reads (the memory-efficient test). OpenBLAS
+(the oracle's matmuls) gets one thread: its spinning worker threads otherwise compete with
+TensorFlow's pool on a small shared machine.
 """
 
 import os
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
