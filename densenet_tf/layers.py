@@ -86,7 +86,11 @@ class _Sequential(keras.layers.Layer):
         self.built = True
 
     def call(self, x, training=False):
-        for name in self.order:
+        return self.run(self.order, x, training)
+
+    def run(self, names, x, training):
+        """The named children only, in the given order (memory-efficient blocks split a layer)."""
+        for name in names:
             x = getattr(self, name)(x, training=training)  # Keras passes training where accepted
         return x
 
@@ -206,12 +210,6 @@ def _frozen_running_stats():
         _running_stats_frozen = previous
 
 
-def _run(layer: _Sequential, names, x, training):
-    for name in names:
-        x = getattr(layer, name)(x, training=training)
-    return x
-
-
 def _recomputed_block(layers, x, training, features):
     """The dense block under one tf.custom_gradient that keeps the block output, not each layer's
     concatenation and activations.
@@ -235,10 +233,10 @@ def _recomputed_block(layers, x, training, features):
         for j, layer in enumerate(layers):
             h = tf.concat(inputs, axis=CHANNEL_AXIS)
             first, rest = layer.order[:3], layer.order[3:]
-            z = _run(layer, first, h, training)
-            y = _run(layer, rest, z, training)
+            z = layer.run(first, h, training)
+            y = layer.run(rest, z, training)
             keep = bool(rest) and h.shape[CHANNEL_AXIS] >= 2 * z.shape[CHANNEL_AXIS]
-            saved.append((h.shape[CHANNEL_AXIS], z if keep else None))
+            saved.append((h.shape[CHANNEL_AXIS], first, rest, z if keep else None))
             if features is not None:
                 features[f"layers.{j}"] = y
             inputs.append(y)
@@ -246,22 +244,21 @@ def _recomputed_block(layers, x, training, features):
 
         def grad(g, variables=()):
             grads = {}  # variable ref -> gradient
-            for layer, (width, z) in zip(reversed(layers), reversed(saved)):
+            for layer, (width, first, rest, z) in zip(reversed(layers), reversed(saved)):
                 # tf.function runs an op as soon as its inputs are ready: without these control
                 # edges every recomputation would run at once, and the weight gradients last,
                 # keeping all the recomputed activations alive together.
                 with tf.control_dependencies([g]):
                     h = out[..., :width]
                 g, dy = g[..., :width], g[..., width:]
-                first, rest = layer.order[:3], layer.order[3:]
                 with _frozen_running_stats():
                     with tf.GradientTape() as tape1:
                         tape1.watch(h)
-                        z_again = _run(layer, first, h, training)  # z kept: its conv is pruned
+                        z_again = layer.run(first, h, training)  # z kept: its conv is pruned
                     z = z_again if z is None else z
                     with tf.GradientTape() as tape2:
                         tape2.watch(z)
-                        y = _run(layer, rest, z, training)
+                        y = layer.run(rest, z, training)
                 w2 = tape2.watched_variables()
                 dz, *dw2 = tape2.gradient(y, [z, *w2], output_gradients=dy)
                 w1 = tape1.watched_variables()

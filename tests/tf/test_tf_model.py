@@ -293,7 +293,7 @@ def _peak_bytes(step, *args):
         try:
             tf.config.experimental.reset_memory_stats("CPU:0")
         except ValueError:
-            pytest.skip("no allocator statistics on CPU (conftest sets TF_CPU_ALLOCATOR_USE_BFC)")
+            pytest.fail("no allocator statistics on CPU: conftest sets TF_CPU_ALLOCATOR_USE_BFC")
         start = tf.config.experimental.get_memory_info("CPU:0")["current"]
         tf.nest.map_structure(lambda t: t.numpy(), step(*args))
         peaks.append(tf.config.experimental.get_memory_info("CPU:0")["peak"] - start)
@@ -303,11 +303,15 @@ def _peak_bytes(step, *args):
 def test_memory_efficient_train_step_peak_memory():
     """The memory-efficient train step keeps block outputs, not every layer's concatenation.
 
-    With tf.recompute_grad around each layer the ratio here was 0.76: TF held the concatenation
-    gradients' slices until their AddN, and its executor ran weight gradients last, keeping
-    the recomputed activations alive. It is 0.47 now.
+    Twelve layers at 48 px, so that activations outweigh a fixed cost both modes share: TF's CPU
+    Conv2DBackpropFilter (oneDNN off) takes a ~30 MB patch buffer per call whatever the layer
+    size, and with two inter-op threads two of them can be live at once. With six layers that
+    was half the memory-efficient peak, and the ratio moved between 0.47 (one inter-op thread)
+    and 0.73 (two). Here it is 0.48 with two threads; with tf.recompute_grad around each layer
+    (TF held the concatenation gradients' slices until their AddN and ran weight gradients
+    last) it was 0.76 at six layers.
     """
-    config = DenseNetConfig(16, (6,), 16, "cifar", 4, 0.5, True, 3, 10)
+    config = DenseNetConfig(16, (12,), 16, "cifar", 4, 0.5, True, 3, 10)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.standard_normal((8, 48, 48, 3)), tf.float32)
     y = tf.constant(rng.integers(0, 10, 8))
@@ -316,7 +320,7 @@ def test_memory_efficient_train_step_peak_memory():
         model = DenseNet(config, memory_efficient=memory_efficient)
         optimizer = make_optimizer(model, SGDConfig())
         peaks[memory_efficient] = _peak_bytes(train_step, model, optimizer, x, y)
-    assert peaks[True] <= 0.65 * peaks[False], peaks
+    assert peaks[True] <= 0.6 * peaks[False], peaks
 
 
 # ---------------------------------------------------------------------------------------------
