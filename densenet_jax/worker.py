@@ -154,7 +154,7 @@ def run_case(case: Case) -> tuple[dict, dict]:
             results.update({f"{mode}/{k}": _nchw(v) for k, v in features.items()})
             results[f"loss/{mode}"] = np.asarray(loss).reshape(1)
     if "step" in case.quantities:
-        model = nnx.clone(loaded)
+        model = nnx.clone(loaded, arrays=True)  # train_step donates the model's buffers
         optimizer = make_optimizer(model, case.sgd)
         for k in range(case.steps):
             train_step(model, optimizer, _nhwc(case.step_x[k]), jnp.asarray(case.step_y[k]))

@@ -5,10 +5,10 @@ float64 and float32 run in one process: x64 is enabled once, here; float32 array
 because every array is created with an explicit dtype.
 
 XLA's CPU backend compiles float64 convolutions to plain loops, and compiling a hundred of them
-dominates these tests: the same compile-speed flags as parity runs (densenet_spec.envs.
+dominates these tests: the compile-speed flags of parity runs (densenet_spec.envs.
 JAX_PARITY_XLA_FLAGS, applied by the harness to every jax worker). They change code speed, not
-semantics: the float64 bounds are 1e5 above rounding, and the float32 bounds come from the oracle's
-own rounding.
+semantics: the float64 bounds are 1e5 above rounding, and the float32 bounds come from the
+oracle's own rounding.
 OpenBLAS (the oracle's matmuls) gets one thread: the cores are shared with XLA's.
 """
 

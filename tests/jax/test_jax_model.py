@@ -9,7 +9,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from densenet_jax.layers import batch_norm  # noqa: E402
+from densenet_jax.layers import batch_norm, max_pool  # noqa: E402
 from densenet_jax.model import DenseNet  # noqa: E402
 from densenet_jax.train import eval_step  # noqa: E402
 from densenet_jax.weights import (  # noqa: E402
@@ -20,6 +20,7 @@ from densenet_jax.weights import (  # noqa: E402
     save_weights,
     to_canonical,
 )
+from densenet_spec import reference  # noqa: E402
 from densenet_spec.compare import assert_close, rel_errors  # noqa: E402
 from densenet_spec.config import PRESETS, get_preset, min_image_size  # noqa: E402
 from densenet_spec.errors import (  # noqa: E402
@@ -118,6 +119,25 @@ def test_batch_norm_follows_the_spec():
     y = np.asarray(bn(jnp.asarray(x)))
     np.testing.assert_allclose(y, (x - running_mean) / np.sqrt(running_var + 1e-3), rtol=1e-12)
     np.testing.assert_array_equal(bn.mean[...], running_mean)  # eval never updates
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 8, 3), (1, 16, 16, 4)])
+def test_max_pool_gradient_goes_to_the_first_maximum(shape):
+    """The stem's max-pool (custom backward) against the spec's: same output, each window's
+    gradient on its first maximum in row-major order, ties included (odd and even sizes)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape)
+    x[0, :3, :3, 0] = 0.5  # one window, all tied
+    x[0, 4, :, 1] = 1.25  # ties along a row, shared between neighbouring windows
+    out_shape = (shape[0], (shape[1] + 1) // 2, (shape[2] + 1) // 2, shape[3])
+    g = rng.normal(size=out_shape)
+    y, vjp = jax.vjp(lambda x: max_pool(x, 3, 2, 1), jnp.asarray(x))
+    want_y, backward = reference._max_pool(x.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(np.asarray(y), want_y.transpose(0, 2, 3, 1))
+    want_g = backward(g.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(g))[0]), want_g)
+    same = nnx.max_pool(jnp.asarray(x), (3, 3), (2, 2), ((1, 1), (1, 1)))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(same))
 
 
 def test_train_and_eval_switch_every_batch_norm():
