@@ -9,8 +9,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from densenet_jax.layers import batch_norm, max_pool  # noqa: E402
-from densenet_jax.model import DenseNet  # noqa: E402
+from densenet_jax.layers import batch_norm  # noqa: E402
+from densenet_jax.model import DenseNet, _max_pool  # noqa: E402
 from densenet_jax.train import eval_step  # noqa: E402
 from densenet_jax.weights import (  # noqa: E402
     _LEAVES,
@@ -131,7 +131,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum(shape):
     x[0, 4, :, 1] = 1.25  # ties along a row, shared between neighbouring windows
     out_shape = (shape[0], (shape[1] + 1) // 2, (shape[2] + 1) // 2, shape[3])
     g = rng.normal(size=out_shape)
-    y, vjp = jax.vjp(lambda x: max_pool(x, 3, 2, 1), jnp.asarray(x))
+    y, vjp = jax.vjp(lambda x: _max_pool(x, 3, 2, 1), jnp.asarray(x))
     want_y, backward = reference._max_pool(x.transpose(0, 3, 1, 2))
     np.testing.assert_array_equal(np.asarray(y), want_y.transpose(0, 2, 3, 1))
     want_g = backward(g.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
