@@ -12,15 +12,17 @@ from densenet_jax.layers import DenseBlock, batch_norm, transition_block
 from densenet_spec.config import DenseNetConfig, check_input_shape
 
 
-def _window_views(xp, window: int, stride: int, out_hw):
-    """(k, (di, dj), the strided view of xp at window offset (di, dj)) in row-major window order:
-    view[:, i, j] is element k of output (i, j)'s window."""
+def _window_views(xp, window: int, stride: int, out_hw) -> list:
+    """The strided views of xp at each window offset (di, dj), in row-major window order:
+    view k [:, i, j] is element k of output (i, j)'s window."""
     n, _, _, c = xp.shape
     ho, wo = out_hw
-    for k in range(window * window):
-        di, dj = divmod(k, window)
-        end = (n, di + stride * (ho - 1) + 1, dj + stride * (wo - 1) + 1, c)
-        yield k, (di, dj), jax.lax.slice(xp, (0, di, dj, 0), end, (1, stride, stride, 1))
+    views = []
+    for di in range(window):
+        for dj in range(window):
+            end = (n, di + stride * (ho - 1) + 1, dj + stride * (wo - 1) + 1, c)
+            views.append(jax.lax.slice(xp, (0, di, dj, 0), end, (1, stride, stride, 1)))
+    return views
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -47,7 +49,7 @@ def _max_pool_backward(window, stride, padding, kept, g):
     x, y = kept
     p, s = padding, stride
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
-    views = [v for _, _, v in _window_views(xp, window, s, y.shape[1:3])]
+    views = _window_views(xp, window, s, y.shape[1:3])
     # The first k whose element is the maximum (NaN: propagated, as argmax does). A reduction,
     # so XLA computes it once; as a chain of selects it is fused into every use and recomputed.
     first = jnp.argmax(jnp.stack([(v == y) | jnp.isnan(v) for v in views]), axis=0)
