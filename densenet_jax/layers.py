@@ -81,7 +81,8 @@ class _PointwiseConv(nnx.Conv):
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _channel_matmul(x, kernel, precision):
-    """x (..., in) times kernel (in, out) over the channel axis."""
+    """x (..., in) times kernel (in, out) over the channel axis (reverse-mode AD only, as every
+    jax.custom_vjp: docs/framework_differences.md)."""
     return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
 
 
