@@ -70,9 +70,10 @@ class _PointwiseConv(nnx.Conv):
     """A 1x1, stride-1, unpadded nnx.Conv (same kernel and bias Params, (1, 1, in, out)) computed
     as one matrix product over the channel axis. XLA's CPU backend computes the same numbers
     either way, but differentiates a convolution's kernel through transposed copies of its
-    input and gradient; the product's kernel gradient is one matrix product of the NHWC arrays
-    as they are (measured, one thread: 1x1 conv 256 -> 128 at 56x56, batch 8, forward and
-    backward 130 ms as a convolution, 83 ms as a product; a DenseNet-121 train step 13% faster)."""
+    input and gradient; the product needs only the gradient transposed (_channel_matmul's
+    backward) (measured, one thread: 1x1 conv 256 -> 128 at 56x56, batch 8, forward and
+    backward 130 ms as a convolution, 83 ms as a product with autodiff's backward; a
+    DenseNet-121 train step 13% faster)."""
 
     def __call__(self, x):
         y = _channel_matmul(x, self.kernel[0, 0], self.precision)
