@@ -115,6 +115,7 @@ FIELDS = {
     "max_s", "times_s", "cpu_median_s", "throughput", "throughput_min", "throughput_max", "rss_setup_mb",
     "rss_peak_mb", "rss_first_call_peak_mb", "rss_steady_peak_mb", "device_peak_mb", "versions", "threads", "os_threads", "forward_gmac",
     "achieved_gflops", "peak", "fraction_of_peak", "command", "runner_command", "load_avg_start",
+    "huge_pages", "minor_faults_per_step",
 }
 
 
@@ -153,6 +154,20 @@ def test_cli_writes_one_json_line_per_mode_with_every_field(torch_lines):
         assert line["peak"]["n"] == 128 and line["peak"]["gflops"] > 0
         assert line["command"] == "densenet-bench " + " ".join(argv)
         assert "benchmarks.runner" in line["runner_command"]
+        assert line["huge_pages"] is False and line["minor_faults_per_step"] >= 0
+
+
+def test_huge_pages_add_the_malloc_tunable_to_every_runner_and_keep_the_users(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    for keras_backend in (None, "jax"):
+        env = cli.runner_env("jax", keras_backend, 1, huge_pages=True)
+        assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert cli.runner_env("jax", None, 1)["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert cli.runner_env("torch", None, None, huge_pages=True)["GLIBC_TUNABLES"] == (
+        "glibc.malloc.hugetlb=1"
+    )
+    assert "GLIBC_TUNABLES" not in cli.runner_env("torch", None, None)
 
 
 def test_report_writes_markdown_and_a_plot(torch_lines, tmp_path):
