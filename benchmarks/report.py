@@ -34,12 +34,23 @@ def load(path) -> list[dict]:
 KEY = ("target", "variant", "preset", "batch", "image_size", "mode", "memory_efficient", "device")
 
 
+def _key(line: dict) -> tuple:
+    # results written before --huge-pages existed have no such field: they ran without it
+    return (*(line.get(k) for k in KEY), bool(line.get("huge_pages")))
+
+
 def latest(lines: list[dict]) -> list[dict]:
     """The last result of each measurement (a re-run appended later replaces the earlier one),
     in the order the measurements were first made."""
-    last = {tuple(ln.get(k) for k in KEY): ln for ln in lines}
-    firsts = dict.fromkeys(tuple(ln.get(k) for k in KEY) for ln in lines)
+    last = {_key(ln): ln for ln in lines}
+    firsts = dict.fromkeys(_key(ln) for ln in lines)
     return [last[k] for k in firsts]
+
+
+def _suffix(line: dict) -> str:
+    return (" +memeff" if line.get("memory_efficient") else "") + (
+        " +huge pages" if line.get("huge_pages") else ""
+    )
 
 
 def _num(v, fmt: str) -> str:
@@ -48,7 +59,7 @@ def _num(v, fmt: str) -> str:
 
 def row(line: dict) -> list[str]:
     """One result as table cells; a failed or skipped one says why in the throughput cell."""
-    head = [line["target"], line["variant"] + (" +memeff" if line.get("memory_efficient") else ""),
+    head = [line["target"], line["variant"] + _suffix(line),
             line["preset"], str(line["batch"]), str(line["image_size"]), line["mode"]]
     if not line.get("ok"):
         return head + ["skipped" if line.get("skipped") else "FAILED"] + [""] * (
@@ -114,9 +125,7 @@ def markdown(lines: list[dict]) -> str:
 
 
 def _label(line: dict, vary: set[str]) -> str:
-    label = f"{line['target']}/{line['variant']}"
-    if line.get("memory_efficient"):
-        label += "+memeff"
+    label = f"{line['target']}/{line['variant']}" + _suffix(line).replace(" ", "")
     for key in ("preset", "batch", "image_size"):
         if key in vary:
             label += f" {line[key]}"

@@ -183,6 +183,9 @@ def test_report_keeps_the_latest_rerun_of_each_measurement():
          "mode": "infer", "memory_efficient": False, "device": "cpu", "n": 1}
     b, c = {**a, "mode": "train", "n": 2}, {**a, "n": 3}
     assert [line["n"] for line in report.latest([a, b, c])] == [3, 2]
+    huge = {**a, "huge_pages": True, "n": 4}  # another measurement, not a re-run
+    assert [line["n"] for line in report.latest([a, huge, {**a, "huge_pages": False}])] == [a["n"], 4]
+    assert report.row(huge)[1] == "eager +huge pages"
 
 
 def test_linear_fit_recovers_a_line_and_measures_a_bend():
