@@ -184,7 +184,8 @@ def test_report_keeps_the_latest_rerun_of_each_measurement():
     b, c = {**a, "mode": "train", "n": 2}, {**a, "n": 3}
     assert [line["n"] for line in report.latest([a, b, c])] == [3, 2]
     huge = {**a, "huge_pages": True, "n": 4}  # another measurement, not a re-run
-    assert [line["n"] for line in report.latest([a, huge, {**a, "huge_pages": False}])] == [a["n"], 4]
+    rerun = {**a, "huge_pages": False, "n": 5}  # a line without the field ran without huge pages
+    assert [line["n"] for line in report.latest([a, huge, rerun])] == [5, 4]
     assert report.row(huge)[1] == "eager +huge pages"
 
 
