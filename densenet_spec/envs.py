@@ -45,7 +45,15 @@ def _stamp(name: str) -> str:
     h.update(sys.version.encode())
     if name == "spec":  # the spec env also holds this project, installed editable
         h.update((ROOT / "pyproject.toml").read_bytes())
+        # An editable install maps the top-level packages that existed when it ran; one added
+        # later (benchmarks/ was) stays unimportable for the console scripts until a reinstall.
+        h.update(" ".join(project_packages()).encode())
     return h.hexdigest()
+
+
+def project_packages() -> list[str]:
+    """The top-level packages in this checkout (directories with an __init__.py)."""
+    return sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))
 
 
 def is_ready(name: str) -> bool:
