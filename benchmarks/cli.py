@@ -117,6 +117,11 @@ def parse_args(argv):
     p.add_argument("--peak-size", type=int, default=2048,
                    help="n of the n x n float32 matmul that measures the machine's peak (0: skip)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="make every measurement R times, in reverse order every other round "
+                        "(ours, peer / peer, ours), so that a slow phase of the machine does not "
+                        "fall on one side only; the table pools the timed steps of all rounds "
+                        "(the JSON file keeps one line per round)")
     p.add_argument("--no-setup", action="store_true", help="do not build missing environments")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -162,8 +167,8 @@ def plan(args) -> tuple[list[tuple[Target, str, Request]], list[str]]:
     bad = [f for f in fast if f not in FAST_PATHS]
     if bad:
         raise DenseNetError(f"unknown fast paths {bad}; known: {', '.join(FAST_PATHS)}")
-    if args.iters < 1 or args.warmup < 0:
-        raise DenseNetError("--iters must be >= 1 and --warmup >= 0")
+    if args.iters < 1 or args.warmup < 0 or args.rounds < 1:
+        raise DenseNetError("--iters and --rounds must be >= 1, --warmup >= 0")
     overrides = dict(_pair(e) for e in args.env)
     modes = MODES if args.mode == "both" else (args.mode,)
     checkpointed = {"off": [False], "on": [True], "both": [False, True]}[args.memory_efficient]
@@ -325,10 +330,15 @@ def main(argv=None) -> int:
         console.print(f"[dim]machine peak: float32 {args.peak_size}^2 matmul {peak['gflops']:.1f} "
                       f"GFLOP/s ({peak['blas']}), load average {peak['load_avg'][0]:.2f}[/]")
     lines = []
-    for i, (target, env_name, req) in enumerate(runs, 1):
+    run_id = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+    schedule = [(r, run) for r in range(1, args.rounds + 1)
+                for run in (runs if r % 2 else runs[::-1])]
+    for i, (round_, (target, env_name, req)) in enumerate(schedule, 1):
         label = (f"{target.name}/{req.variant} {req.preset} batch {req.batch} "
                  f"{req.image_size}px {req.mode}")
-        console.print(f"[dim][{i}/{len(runs)}] {label}[/]")
+        if args.rounds > 1:
+            label += f", round {round_}/{args.rounds}"
+        console.print(f"[dim][{i}/{len(schedule)}] {label}[/]")
         if env_name not in ready:
             answer, cmd = {"ok": False, "error": failed_env[env_name]}, []
         else:
@@ -336,12 +346,13 @@ def main(argv=None) -> int:
             answer, cmd = run_one(target, env_name, req, args.timeout, args.huge_pages)
             answer.setdefault("wall_s", time.perf_counter() - start)
         line = result_line(target, env_name, req, answer, peak, command, cmd, args.huge_pages)
+        line.update(run_id=run_id, round=round_, rounds=args.rounds)
         lines.append(line)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             with open(args.json, "a") as f:
                 f.write(json.dumps(line) + "\n")
-    report.print_table(lines, console)
+    report.print_table(report.pool_rounds(lines), console)
     for note in notes:
         console.print(f"[dim]skipped {note}[/]")
     if args.json:

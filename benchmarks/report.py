@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import textwrap
 from pathlib import Path
@@ -39,9 +40,52 @@ def _key(line: dict) -> tuple:
     return (*(line.get(k) for k in KEY), bool(line.get("huge_pages")))
 
 
+def pool_rounds(lines: list[dict]) -> list[dict]:
+    """One line per measurement of a `--rounds R` run, its timed steps pooled over the rounds.
+
+    Lines of other runs, and failed ones, pass through unchanged."""
+    groups: dict[tuple, list[dict]] = {}
+    out: list = []
+    for ln in lines:
+        if ln.get("rounds", 1) > 1 and ln.get("ok"):
+            key = (ln["run_id"], _key(ln))
+            if key not in groups:
+                groups[key] = []
+                out.append(groups[key])
+            groups[key].append(ln)
+        else:
+            out.append(ln)
+    return [_pooled(x) if isinstance(x, list) else x for x in out]
+
+
+def _pooled(rounds: list[dict]) -> dict:
+    times = [t for ln in rounds for t in ln["times_s"]]
+    line = dict(rounds[-1])
+    median, batch = statistics.median(times), line["batch"]
+    scale = line["median_s"] / median  # achieved GFLOP/s and fraction of peak go as 1 / median
+    first_call = statistics.median(ln["first_call_s"] for ln in rounds)
+    line.update(
+        times_s=times, median_s=median, min_s=min(times), max_s=max(times),
+        throughput=batch / median, throughput_min=batch / max(times),
+        throughput_max=batch / min(times), first_call_s=first_call,
+        compile_s=max(first_call - median, 0.0),
+        rss_peak_mb=max(ln["rss_peak_mb"] for ln in rounds),
+        round_medians_s=[ln["median_s"] for ln in rounds],
+        load_avg_start=rounds[0].get("load_avg_start"),
+    )
+    steady = [ln.get("rss_steady_peak_mb") for ln in rounds]
+    line["rss_steady_peak_mb"] = None if None in steady else max(steady)
+    for k in ("achieved_gflops", "fraction_of_peak"):
+        if line.get(k) is not None:
+            line[k] *= scale
+    del line["round"]
+    return line
+
+
 def latest(lines: list[dict]) -> list[dict]:
     """The last result of each measurement (a re-run appended later replaces the earlier one),
-    in the order the measurements were first made."""
+    in the order the measurements were first made; the rounds of one run pooled."""
+    lines = pool_rounds(lines)
     last = {_key(ln): ln for ln in lines}
     firsts = dict.fromkeys(_key(ln) for ln in lines)
     return [last[k] for k in firsts]

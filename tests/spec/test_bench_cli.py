@@ -103,7 +103,7 @@ def test_densenet264_is_the_papers_deeper_config_for_benchmarks_only():
 
 
 @pytest.mark.parametrize("argv", [["--frameworks", "caffe"], ["--fast", "turbo"],
-                                  ["--batch", "0"], ["--env", "torch"]])
+                                  ["--batch", "0"], ["--env", "torch"], ["--rounds", "0"]])
 def test_plan_rejects_bad_options_by_name(argv):
     with pytest.raises(DenseNetError):
         _plan(argv)
@@ -115,7 +115,7 @@ FIELDS = {
     "max_s", "times_s", "cpu_median_s", "throughput", "throughput_min", "throughput_max", "rss_setup_mb",
     "rss_peak_mb", "rss_first_call_peak_mb", "rss_steady_peak_mb", "device_peak_mb", "versions", "threads", "os_threads", "forward_gmac",
     "achieved_gflops", "peak", "fraction_of_peak", "command", "runner_command", "load_avg_start",
-    "huge_pages", "minor_faults_per_step",
+    "huge_pages", "minor_faults_per_step", "run_id", "round", "rounds",
 }
 
 
@@ -155,6 +155,30 @@ def test_cli_writes_one_json_line_per_mode_with_every_field(torch_lines):
         assert line["command"] == "densenet-bench " + " ".join(argv)
         assert "benchmarks.runner" in line["runner_command"]
         assert line["huge_pages"] is False and line["minor_faults_per_step"] >= 0
+        assert (line["round"], line["rounds"]) == (1, 1)
+    assert len({line["run_id"] for line in lines}) == 1
+
+
+def test_rounds_alternate_the_order_and_the_table_pools_their_steps(tmp_path):
+    if not envs.env_python("torch").exists():
+        pytest.skip("no .venvs/torch (python3 dev.py envs torch)")
+    out = tmp_path / "results.jsonl"
+    argv = ["--frameworks", "torch", "--fast", "channels_last", "--preset", "tiny", "--batch",
+            "2", "--image-size", "32", "--mode", "infer", "--iters", "2", "--warmup", "0",
+            "--rounds", "2", "--json", str(out), "--peak-size", "0", "--no-setup",
+            "--threads", "1"]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.cli", *argv], capture_output=True,
+                          text=True, cwd=envs.ROOT, env=envs.worker_env("spec"), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(ln["round"], ln["variant"]) for ln in lines] == [
+        (1, "eager"), (1, "channels_last"), (2, "channels_last"), (2, "eager")]
+    pooled = report.latest(lines)
+    assert [ln["variant"] for ln in pooled] == ["eager", "channels_last"]
+    for ln in pooled:
+        rounds = [r for r in lines if r["variant"] == ln["variant"]]
+        assert ln["times_s"] == rounds[0]["times_s"] + rounds[1]["times_s"]
+        assert ln["round_medians_s"] == [r["median_s"] for r in rounds]
 
 
 def test_huge_pages_add_the_malloc_tunable_to_every_runner_and_keep_the_users(monkeypatch):
@@ -187,6 +211,29 @@ def test_report_keeps_the_latest_rerun_of_each_measurement():
     rerun = {**a, "huge_pages": False, "n": 5}  # a line without the field ran without huge pages
     assert [line["n"] for line in report.latest([a, huge, rerun])] == [5, 4]
     assert report.row(huge)[1] == "eager +huge pages"
+
+
+def test_pooled_rounds_are_the_median_of_every_step_and_leave_other_lines_alone():
+    base = {"target": "jax", "variant": "jit", "preset": "tiny", "batch": 4, "image_size": 32,
+            "mode": "train", "memory_efficient": False, "device": "cpu", "ok": True,
+            "first_call_s": 10.0, "rss_peak_mb": 100.0, "rss_steady_peak_mb": 90.0,
+            "achieved_gflops": 1.0, "fraction_of_peak": 0.5, "run_id": "a", "rounds": 2}
+    r1 = {**base, "round": 1, "times_s": [1.0, 3.0, 5.0], "median_s": 3.0, "rss_peak_mb": 120.0}
+    r2 = {**base, "round": 2, "times_s": [2.0, 2.0], "median_s": 2.0, "first_call_s": 12.0}
+    other_run = {**r1, "run_id": "b"}
+    failed = {**base, "round": 1, "ok": False, "target": "keras-jax"}
+    old = {k: v for k, v in r1.items() if k not in ("run_id", "round", "rounds")}  # before --rounds
+    pooled, fail, other, plain = report.pool_rounds([r1, failed, r2, other_run, old])
+    assert pooled["times_s"] == [1.0, 3.0, 5.0, 2.0, 2.0] and pooled["median_s"] == 2.0
+    assert (pooled["min_s"], pooled["max_s"]) == (1.0, 5.0)
+    assert pooled["throughput"] == 2.0 and pooled["throughput_min"] == pytest.approx(0.8)
+    assert pooled["round_medians_s"] == [3.0, 2.0] and "round" not in pooled
+    assert pooled["first_call_s"] == 11.0 and pooled["compile_s"] == 9.0
+    assert (pooled["rss_peak_mb"], pooled["rss_steady_peak_mb"]) == (120.0, 90.0)
+    # GFLOP/s go as 1 / median: the last round's 1.0 at 2.0 s stays 1.0 at the pooled 2.0 s
+    assert pooled["achieved_gflops"] == pytest.approx(1.0)
+    assert fail is failed and plain is old
+    assert other["times_s"] == other_run["times_s"] and other["median_s"] == 3.0  # its own run
 
 
 def test_linear_fit_recovers_a_line_and_measures_a_bend():
