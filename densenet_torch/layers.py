@@ -12,7 +12,11 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
 
 from densenet_spec.config import DenseNetConfig
 
@@ -86,13 +90,36 @@ def _scratch_running_stats(module: nn.Module):
             m.running_mean, m.running_var, m.num_batches_tracked = stats
 
 
+def _save_convolution_outputs(ctx, op, *args, **kwargs):
+    if op is torch.ops.aten.convolution.default:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _keep_convolutions(layer: nn.Module):
+    """checkpoint's (forward, recomputation) contexts: keep convolution outputs, recompute the
+    rest, and let the recomputation's BatchNorms update scratch running statistics."""
+    forward, recompute = create_selective_checkpoint_contexts(_save_convolution_outputs)
+
+    @contextlib.contextmanager
+    def recomputation():
+        # scratch stats first: inside the selective context their copies would count as ops
+        # of the checkpointed region that the forward never ran
+        with _scratch_running_stats(layer), recompute:
+            yield
+
+    return forward, recomputation()
+
+
 class DenseBlock(nn.Module):
     """Dense connectivity: each layer sees the concatenation of all earlier feature maps.
 
-    memory_efficient keeps the separate feature maps, not each layer's concatenation (linear in
-    depth, not quadratic): the concatenation, BN, ReLU and 1x1 conv are recomputed in backward
-    (torch.utils.checkpoint), as in torchvision. The recomputation updates scratch copies of the
-    running statistics, so the real ones are updated exactly once per step, as without
+    memory_efficient keeps the separate feature maps and each layer's convolution outputs, not
+    its concatenation or BN-ReLU outputs (the concatenation grows quadratically with depth):
+    backward reruns the concatenation, BNs and ReLUs (torch.utils.checkpoint with a selective
+    policy) but no convolution. torchvision reruns the concatenation, first BN-ReLU and the 1x1
+    conv, and keeps the second BN-ReLU's output. The recomputation updates scratch copies of
+    the running statistics, so the real ones are updated exactly once per step, as without
     checkpointing, and every number is the same.
     """
 
@@ -114,17 +141,14 @@ class DenseBlock(nn.Module):
     def _run_layer(self, layer: nn.Sequential, inputs: list[torch.Tensor]) -> torch.Tensor:
         if not (self.memory_efficient and torch.is_grad_enabled()):
             return layer(torch.cat(inputs, dim=CHANNEL_AXIS))
-        # Recompute the concatenation and the first BN-ReLU-conv (the 1x1 bottleneck conv, or
-        # the whole conv_block): the only tensors as wide as the concatenation.
-        first, rest = layer[:3], layer[3:]
-        x = checkpoint(
-            lambda *inputs: first(torch.cat(inputs, dim=CHANNEL_AXIS)),
+        # Backward reruns the concatenation, BNs and ReLUs; the convolutions' outputs are kept
+        # (selective checkpointing), so no convolution runs twice.
+        return checkpoint(
+            lambda *inputs: layer(torch.cat(inputs, dim=CHANNEL_AXIS)),
             *inputs,
             use_reentrant=False,
-            # (context of the first forward, context of the recomputation in backward)
-            context_fn=lambda: (contextlib.nullcontext(), _scratch_running_stats(first)),
+            context_fn=lambda: _keep_convolutions(layer),
         )
-        return rest(x)
 
     def forward(self, x: torch.Tensor, features: dict | None = None) -> torch.Tensor:
         inputs = [x]  # the block input, then each layer's output y
