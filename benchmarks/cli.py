@@ -289,14 +289,9 @@ def result_line(target: Target, env_name: str, req: Request, answer: dict, peak:
         "runner_command": shlex.join(runner_cmd),
     }
     if answer.get("ok"):
-        median = answer["median_s"]
-        line["throughput"] = req.batch / median  # images per second
-        line["throughput_min"] = req.batch / answer["max_s"]
-        line["throughput_max"] = req.batch / answer["min_s"]
-        line["compile_s"] = max(answer["first_call_s"] - median, 0.0)  # first call beyond a step
-        step = flops.step_flops(config, req.image_size, req.batch, req.mode)
-        line["achieved_gflops"] = step / median / 1e9
-        line["fraction_of_peak"] = line["achieved_gflops"] / peak["gflops"] if peak else None
+        from benchmarks.report import rates  # report needs rich, as main does
+
+        line.update(rates(line))
     return line
 
 

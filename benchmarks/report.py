@@ -18,6 +18,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import flops
+from densenet_spec.config import DenseNetConfig
+
 COLUMNS = ("target", "variant", "preset", "batch", "size", "mode", "img/s", "min-max",
            "1st call s", "RSS MiB", "steady MiB", "dev MiB", "GFLOP/s", "% peak", "load")
 
@@ -58,27 +61,37 @@ def pool_rounds(lines: list[dict]) -> list[dict]:
     return [_pooled(x) if isinstance(x, list) else x for x in out]
 
 
+def rates(line: dict) -> dict:
+    """What a measured line's step times mean: images per second (median, from the slowest and
+    the fastest step), compile time beyond a step, achieved GFLOP/s and fraction of the peak."""
+    median, batch = line["median_s"], line["batch"]
+    config = DenseNetConfig.from_dict(line["config"])
+    gflops = flops.step_flops(config, line["image_size"], batch, line["mode"]) / median / 1e9
+    peak = line.get("peak")
+    return {
+        "throughput": batch / median,
+        "throughput_min": batch / line["max_s"],
+        "throughput_max": batch / line["min_s"],
+        "compile_s": max(line["first_call_s"] - median, 0.0),  # first call beyond a step
+        "achieved_gflops": gflops,
+        "fraction_of_peak": gflops / peak["gflops"] if peak else None,
+    }
+
+
 def _pooled(rounds: list[dict]) -> dict:
     times = [t for ln in rounds for t in ln["times_s"]]
     line = dict(rounds[-1])
-    median, batch = statistics.median(times), line["batch"]
-    scale = line["median_s"] / median  # achieved GFLOP/s and fraction of peak go as 1 / median
-    first_call = statistics.median(ln["first_call_s"] for ln in rounds)
+    line.pop("round")
     line.update(
-        times_s=times, median_s=median, min_s=min(times), max_s=max(times),
-        throughput=batch / median, throughput_min=batch / max(times),
-        throughput_max=batch / min(times), first_call_s=first_call,
-        compile_s=max(first_call - median, 0.0),
+        times_s=times, median_s=statistics.median(times), min_s=min(times), max_s=max(times),
+        first_call_s=statistics.median(ln["first_call_s"] for ln in rounds),
         rss_peak_mb=max(ln["rss_peak_mb"] for ln in rounds),
         round_medians_s=[ln["median_s"] for ln in rounds],
         load_avg_start=rounds[0].get("load_avg_start"),
     )
     steady = [ln.get("rss_steady_peak_mb") for ln in rounds]
     line["rss_steady_peak_mb"] = None if None in steady else max(steady)
-    for k in ("achieved_gflops", "fraction_of_peak"):
-        if line.get(k) is not None:
-            line[k] *= scale
-    del line["round"]
+    line.update(rates(line))
     return line
 
 

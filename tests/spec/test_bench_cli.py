@@ -217,7 +217,8 @@ def test_pooled_rounds_are_the_median_of_every_step_and_leave_other_lines_alone(
     base = {"target": "jax", "variant": "jit", "preset": "tiny", "batch": 4, "image_size": 32,
             "mode": "train", "memory_efficient": False, "device": "cpu", "ok": True,
             "first_call_s": 10.0, "rss_peak_mb": 100.0, "rss_steady_peak_mb": 90.0,
-            "achieved_gflops": 1.0, "fraction_of_peak": 0.5, "run_id": "a", "rounds": 2}
+            "achieved_gflops": 1.0, "fraction_of_peak": 0.5, "run_id": "a", "rounds": 2,
+            "config": get_preset("tiny").to_dict(), "peak": {"gflops": 100.0}}
     r1 = {**base, "round": 1, "times_s": [1.0, 3.0, 5.0], "median_s": 3.0, "rss_peak_mb": 120.0}
     r2 = {**base, "round": 2, "times_s": [2.0, 2.0], "median_s": 2.0, "first_call_s": 12.0}
     other_run = {**r1, "run_id": "b"}
@@ -230,8 +231,10 @@ def test_pooled_rounds_are_the_median_of_every_step_and_leave_other_lines_alone(
     assert pooled["round_medians_s"] == [3.0, 2.0] and "round" not in pooled
     assert pooled["first_call_s"] == 11.0 and pooled["compile_s"] == 9.0
     assert (pooled["rss_peak_mb"], pooled["rss_steady_peak_mb"]) == (120.0, 90.0)
-    # GFLOP/s go as 1 / median: the last round's 1.0 at 2.0 s stays 1.0 at the pooled 2.0 s
-    assert pooled["achieved_gflops"] == pytest.approx(1.0)
+    # GFLOP/s from the pooled median, not the rounds' stale 1.0
+    step_gflop = flops.step_flops(get_preset("tiny"), 32, 4, "train") / 1e9
+    assert pooled["achieved_gflops"] == pytest.approx(step_gflop / 2.0)
+    assert pooled["fraction_of_peak"] == pytest.approx(step_gflop / 2.0 / 100.0)
     assert fail is failed and plain is old
     assert other["times_s"] == other_run["times_s"] and other["median_s"] == 3.0  # its own run
 
