@@ -89,6 +89,9 @@ def _pooled(rounds: list[dict]) -> dict:
         round_medians_s=[ln["median_s"] for ln in rounds],
         load_avg_start=rounds[0].get("load_avg_start"),
     )
+    for key in ("cpu_median_s", "minor_faults_per_step"):  # per round only: median of those
+        values = [ln[key] for ln in rounds if ln.get(key) is not None]
+        line[key] = statistics.median(values) if values else None
     steady = [ln.get("rss_steady_peak_mb") for ln in rounds]
     line["rss_steady_peak_mb"] = None if None in steady else max(steady)
     line.update(rates(line))

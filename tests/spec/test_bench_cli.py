@@ -219,8 +219,10 @@ def test_pooled_rounds_are_the_median_of_every_step_and_leave_other_lines_alone(
             "first_call_s": 10.0, "rss_peak_mb": 100.0, "rss_steady_peak_mb": 90.0,
             "achieved_gflops": 1.0, "fraction_of_peak": 0.5, "run_id": "a", "rounds": 2,
             "config": get_preset("tiny").to_dict(), "peak": {"gflops": 100.0}}
-    r1 = {**base, "round": 1, "times_s": [1.0, 3.0, 5.0], "median_s": 3.0, "rss_peak_mb": 120.0}
-    r2 = {**base, "round": 2, "times_s": [2.0, 2.0], "median_s": 2.0, "first_call_s": 12.0}
+    r1 = {**base, "round": 1, "times_s": [1.0, 3.0, 5.0], "median_s": 3.0, "rss_peak_mb": 120.0,
+          "cpu_median_s": 2.9, "minor_faults_per_step": 10}
+    r2 = {**base, "round": 2, "times_s": [2.0, 2.0], "median_s": 2.0, "first_call_s": 12.0,
+          "cpu_median_s": 1.9, "minor_faults_per_step": 30}
     other_run = {**r1, "run_id": "b"}
     failed = {**base, "round": 1, "ok": False, "target": "keras-jax"}
     old = {k: v for k, v in r1.items() if k not in ("run_id", "round", "rounds")}  # before --rounds
@@ -231,6 +233,7 @@ def test_pooled_rounds_are_the_median_of_every_step_and_leave_other_lines_alone(
     assert pooled["round_medians_s"] == [3.0, 2.0] and "round" not in pooled
     assert pooled["first_call_s"] == 11.0 and pooled["compile_s"] == 9.0
     assert (pooled["rss_peak_mb"], pooled["rss_steady_peak_mb"]) == (120.0, 90.0)
+    assert pooled["cpu_median_s"] == pytest.approx(2.4) and pooled["minor_faults_per_step"] == 20
     # GFLOP/s from the pooled median, not the rounds' stale 1.0
     step_gflop = flops.step_flops(get_preset("tiny"), 32, 4, "train") / 1e9
     assert pooled["achieved_gflops"] == pytest.approx(step_gflop / 2.0)
