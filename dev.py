@@ -23,16 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from densenet_spec import envs  # noqa: E402  (standard library only)
+import densenet_envs as envs  # noqa: E402  (standard library only)
+from densenet_spec.frameworks import FRAMEWORKS  # noqa: E402  (standard library only)
 
 # Which environment runs which tests: framework tests import their framework, the spec and
 # cross-framework tests run in the framework-free spec environment and start workers.
-SUITES = {
-    "spec": ["tests/spec", "tests/parity"],
-    "torch": ["tests/torch"],
-    "jax": ["tests/jax"],
-    "tf": ["tests/tf"],
-    "mx": ["tests/mx"],
+SUITES = {"spec": ["tests/spec", "tests/parity"]} | {
+    f.requirements: [f.tests] for f in FRAMEWORKS.values()
 }
 
 
@@ -44,12 +41,12 @@ def parity(argv) -> int:
     python = envs.ensure_env("spec")
     if not argv:
         argv = ["--preset", "d2l", "--report", "reports/d2l"]
-    frameworks = envs.FRAMEWORKS
+    frameworks = list(FRAMEWORKS)
     for i, a in enumerate(argv):
         if a == "--frameworks" and i + 1 < len(argv):
-            frameworks = [f for f in argv[i + 1].split(",") if f in envs.FRAMEWORKS]
+            frameworks = [f for f in argv[i + 1].split(",") if f in FRAMEWORKS]
         elif a.startswith("--frameworks="):
-            frameworks = [f for f in a.split("=", 1)[1].split(",") if f in envs.FRAMEWORKS]
+            frameworks = [f for f in a.split("=", 1)[1].split(",") if f in FRAMEWORKS]
     envs.ensure_envs(frameworks)
     return _run(python, ["-m", "densenet_spec.cli", *argv], "spec")
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import flops
-from densenet_spec import envs
+import densenet_envs as envs
 from benchmarks.timing import MODES, Request
 from densenet_spec.config import PRESETS, DenseNetConfig
-from densenet_spec.envs import FRAMEWORKS
+from densenet_spec.frameworks import FRAMEWORKS
 from densenet_spec.errors import DenseNetError, UnknownPresetError
 
 SCHEMA = "densenet-bench/1"

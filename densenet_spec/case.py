@@ -54,6 +54,7 @@ class Case:
     sgd: SGDConfig = field(default_factory=SGDConfig)
     quantities: tuple = QUANTITIES
     memory_efficient: bool = False
+    variant: str = "plain"  # densenet_spec.frameworks.VARIANTS: the teaching model or the fast one
     options: dict = field(default_factory=dict)  # framework-specific switches, e.g. {"hybridize": true}
 
     @property
@@ -79,6 +80,7 @@ def write_case(case: Case, folder) -> Path:
         "sgd": vars(case.sgd),
         "quantities": list(case.quantities),
         "memory_efficient": case.memory_efficient,
+        "variant": case.variant,
         "options": case.options,
     }
     atomic_write_bytes(folder / "case.json", json.dumps(meta, indent=2).encode())
@@ -104,6 +106,7 @@ def read_case(folder) -> Case:
         sgd=SGDConfig(**meta["sgd"]),
         quantities=tuple(meta["quantities"]),
         memory_efficient=meta["memory_efficient"],
+        variant=meta.get("variant", "plain"),
         options=meta.get("options", {}),
     )
 
@@ -164,6 +167,7 @@ def make_case(
     quantities=QUANTITIES,
     sgd: SGDConfig | None = None,
     memory_efficient: bool = False,
+    variant: str = "plain",
     options: dict | None = None,
 ) -> Case:
     """A seeded case: randomised BN (so every BN term matters), normal inputs, uniform labels.
@@ -179,6 +183,12 @@ def make_case(
         from densenet_spec.errors import DeviceUnavailableError
 
         raise DeviceUnavailableError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+    from densenet_spec.frameworks import VARIANTS
+
+    if variant not in VARIANTS:
+        from densenet_spec.errors import UnknownVariantError
+
+        raise UnknownVariantError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     shape = (batch, config.in_channels, image_size, image_size)
     check_input_shape(config, shape, training=True)
     rng = np.random.default_rng(seed + 1)
@@ -200,6 +210,7 @@ def make_case(
         sgd=sgd or SGDConfig(),
         quantities=tuple(quantities),
         memory_efficient=memory_efficient,
+        variant=variant,
         options=options or {},
     )
 

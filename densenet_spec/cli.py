@@ -10,8 +10,8 @@ from pathlib import Path
 
 from densenet_spec.case import DEVICES, QUANTITIES, SGDConfig, make_case
 from densenet_spec.config import PRESETS, get_preset
-from densenet_spec.envs import FRAMEWORKS
 from densenet_spec.errors import DenseNetError
+from densenet_spec.frameworks import FRAMEWORKS, VARIANTS, parse_frameworks
 from densenet_spec.harness import MUTATIONS
 
 
@@ -35,6 +35,13 @@ def parse_args(argv):
     p.add_argument("--quantities", default=",".join(QUANTITIES), help="subset of eval,train,grad,step")
     p.add_argument("--memory-efficient", action="store_true", help="checkpointed dense layers")
     p.add_argument(
+        "--variant",
+        default="plain",
+        choices=VARIANTS,
+        help="plain: the teaching model (layers.py, model.py); fast: the framework's performance "
+        "modules injected where its backend has them (default plain)",
+    )
+    p.add_argument(
         "--mutate",
         action="append",
         default=[],
@@ -56,11 +63,10 @@ def main(argv=None) -> int:
     console = report.console()
     try:
         config = get_preset(args.preset)
-        frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
-        unknown = [f for f in frameworks if f not in FRAMEWORKS]
-        if unknown:
-            raise DenseNetError(f"unknown frameworks {unknown}; known: {', '.join(FRAMEWORKS)}")
+        frameworks = parse_frameworks(args.frameworks)
         quantities = tuple(q.strip() for q in args.quantities.split(",") if q.strip())
+        if not quantities:
+            raise DenseNetError(f"--quantities names none of {', '.join(QUANTITIES)}")
         bad = [q for q in quantities if q not in QUANTITIES]
         if bad:
             raise DenseNetError(f"unknown quantities {bad}; known: {', '.join(QUANTITIES)}")
@@ -94,6 +100,7 @@ def main(argv=None) -> int:
             quantities=quantities,
             sgd=SGDConfig(args.lr, args.momentum, args.weight_decay),
             memory_efficient=args.memory_efficient,
+            variant=args.variant,
         )
     except DenseNetError as e:
         console.print(f"[bold red]error:[/] {e}")

@@ -73,3 +73,11 @@ class DeviceUnavailableError(DenseNetError, RuntimeError):
 
 class EnvironmentSetupError(DenseNetError, RuntimeError):
     """A framework's virtual environment could not be created or is broken."""
+
+
+class UnknownFrameworkError(DenseNetError, ValueError):
+    """A framework name that the registry (densenet_spec.frameworks) does not have."""
+
+
+class UnknownVariantError(DenseNetError, ValueError):
+    """A model variant other than densenet_spec.frameworks.VARIANTS."""

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from densenet_spec import envs, reference
+import densenet_envs as envs
+from densenet_spec import reference
 from densenet_spec.case import Case, as_dtype, make_case, read_results, result_keys, write_case
 from densenet_spec.compare import (
     Comparison,
@@ -28,6 +29,7 @@ from densenet_spec.compare import (
     float32_step_allowance,
     rel_errors,
 )
+from densenet_spec.frameworks import FRAMEWORKS, get_framework
 from densenet_spec.params import stage_names, trainable_names
 from densenet_spec.tolerances import family
 
@@ -135,7 +137,8 @@ def run_worker(framework: str, case_dir: Path, setup: bool = True, log=print) ->
     except Exception as e:  # a broken environment is reported, the other frameworks still run
         return FrameworkRun(framework, False, error=str(e))
     out = case_dir.parent / f"result-{framework}.safetensors"
-    cmd = [str(python), "-m", "densenet_spec.worker", framework, str(case_dir), str(out)]
+    package = FRAMEWORKS[framework].package
+    cmd = [str(python), "-m", "densenet_spec.worker", package, str(case_dir), str(out)]
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, env=envs.worker_env(framework, parity=True), timeout=WORKER_TIMEOUT_S
@@ -220,9 +223,8 @@ def run_parity(
     mutations: dict[str, str] | None = None,
 ) -> ParityReport:
     frameworks = list(dict.fromkeys(frameworks))
-    unknown = [f for f in frameworks if f not in envs.FRAMEWORKS]
-    if unknown:
-        raise ValueError(f"unknown frameworks {unknown}; known: {', '.join(envs.FRAMEWORKS)}")
+    for f in frameworks:
+        get_framework(f)  # UnknownFrameworkError names the known ones
     mutations = mutations or {}
     with tempfile.TemporaryDirectory(prefix="densenet-parity-") as tmp:
         case_dir = write_case(case, Path(workdir or tmp) / "case")
@@ -232,7 +234,7 @@ def run_parity(
             if fw in mutations:
                 log(f"MUTATING {fw}: {mutations[fw]} (self-check: this run must fail)")
                 fw_dir = write_case(mutated(case, mutations[fw]), Path(workdir or tmp) / f"case-{fw}")
-            log(f"running {fw} worker ({case.dtype}, {case.device})")
+            log(f"running {fw} worker ({case.dtype}, {case.device}, {case.variant} model)")
             runs[fw] = run_worker(fw, fw_dir, setup, log)
             status = f"done in {runs[fw].info.get('seconds', '?')} s" if runs[fw].ok else "FAILED"
             log(f"{fw}: {status}")

@@ -1,10 +1,11 @@
 """Entry point that runs one framework on one case, inside that framework's own environment.
 
-    <env python> -m densenet_spec.worker <framework> <case folder> <result file>
+    <env python> -m densenet_spec.worker <package> <case folder> <result file>
 
-It imports densenet_<framework>.worker, whose run_case(case) -> (results, info) does the work,
-and writes the results file atomically. A DenseNetError (bad input, missing device) exits 2 with
-its message on stderr; anything else exits 1 with the traceback.
+<package> is a framework's package (densenet_spec.frameworks: FRAMEWORKS[name].package), whose
+adapter.Adapter the one driver (densenet_spec.driver) runs, or `numpy` for the oracle. The
+results file is written atomically. A DenseNetError (bad input, missing device) exits 2 with its
+message on stderr; anything else exits 1 with the traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,31 @@ import sys
 import time
 import traceback
 
-PACKAGES = {"torch": "densenet_torch", "jax": "densenet_jax", "tf": "densenet_tf", "mx": "densenet_mx"}
+
+def run(package: str, case_dir: str) -> tuple[dict, dict]:
+    """(results, info) of one case: the oracle for `numpy`, else the package's adapter."""
+    from densenet_spec.case import check_results, read_case
+
+    case = read_case(case_dir)
+    start = time.perf_counter()
+    if package == "numpy":
+        from densenet_spec import reference
+
+        results, info = reference.run_case(case)
+        check_results(case, results)
+    else:
+        from densenet_spec.driver import run_case
+
+        adapter = importlib.import_module(f"{package}.adapter").Adapter(case)
+        results, info = run_case(case, adapter)
+    info = {
+        "package": package,
+        "python": platform.python_version(),
+        "seconds": round(time.perf_counter() - start, 3),
+        "variant": case.variant,
+        **info,
+    }
+    return results, info
 
 
 def main(argv=None) -> int:
@@ -23,25 +48,12 @@ def main(argv=None) -> int:
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2
-    framework, case_dir, out = argv
-    from densenet_spec.case import check_results, read_case, write_results
+    package, case_dir, out = argv
+    from densenet_spec.case import write_results
     from densenet_spec.errors import DenseNetError
 
     try:
-        case = read_case(case_dir)
-        start = time.perf_counter()
-        if framework == "numpy":
-            from densenet_spec import reference as module
-        else:
-            module = importlib.import_module(f"{PACKAGES[framework]}.worker")
-        results, info = module.run_case(case)
-        info = {
-            "framework": framework,
-            "python": platform.python_version(),
-            "seconds": round(time.perf_counter() - start, 3),
-            **info,
-        }
-        check_results(case, results)
+        results, info = run(package, case_dir)
         write_results(out, results, info)
     except DenseNetError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)

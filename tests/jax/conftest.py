@@ -5,7 +5,7 @@ float64 and float32 run in one process: x64 is enabled once, here; float32 array
 because every array is created with an explicit dtype.
 
 XLA's CPU backend compiles float64 convolutions to plain loops, and compiling a hundred of them
-dominates these tests: the compile-speed flags of parity runs (densenet_spec.envs.
+dominates these tests: the compile-speed flags of parity runs (densenet_spec.frameworks.
 JAX_PARITY_XLA_FLAGS, applied by the harness to every jax worker). They change code speed, not
 semantics: the float64 bounds are 1e5 above rounding, and the float32 bounds come from the
 oracle's own rounding.
@@ -18,7 +18,7 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 if importlib.util.find_spec("jax") is not None:
-    from densenet_spec.envs import JAX_PARITY_XLA_FLAGS
+    from densenet_spec.frameworks import JAX_PARITY_XLA_FLAGS
 
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {JAX_PARITY_XLA_FLAGS}".strip()
 

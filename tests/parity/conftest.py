@@ -2,7 +2,7 @@
 
 import pytest
 
-from densenet_spec import envs
+import densenet_envs as envs
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from densenet_spec import envs
+import densenet_envs as envs
 from densenet_spec.case import make_case, result_keys
 from densenet_spec.config import get_preset
 from densenet_spec.params import param_specs, stage_names

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from densenet_spec import envs
+import densenet_envs as envs
 from densenet_spec.case import make_case
 from densenet_spec.config import get_preset
 from densenet_spec.harness import expected_divergence, run_parity, self_check

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from benchmarks import cli, flops, report
-from densenet_spec import envs
+import densenet_envs as envs
 from densenet_spec.config import PRESETS, get_preset
 from densenet_spec.errors import DenseNetError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from densenet_spec import envs
+import densenet_envs as envs
 
 SCRIPTS = {"densenet-parity": "densenet_spec.cli:main", "densenet-bench": "benchmarks.cli:main"}
 

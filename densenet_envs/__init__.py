@@ -1,9 +1,11 @@
-"""One virtual environment per framework, created from requirements/<name>.txt and reused.
+"""The environment builder: one virtual environment per framework, from requirements/<name>.txt.
 
 MXNet 1.9.1 needs numpy<1.24 while JAX and TensorFlow need numpy 2, so nothing here assumes two
 frameworks share a process: each runs with its own environment's Python and talks through files.
 An environment is rebuilt when its requirements file or the base Python changes (a stamp file
-holds the hash). Only the standard library is used, so `python3 dev.py` can call this first.
+holds the hash). Only the standard library (and the registry, densenet_spec.frameworks, which
+imports nothing else) is used, so `python3 dev.py` can call this first. Not part of the
+framework-free spec: it builds environments, the spec only describes the network.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from densenet_spec.errors import EnvironmentSetupError
+from densenet_spec.frameworks import FRAMEWORKS
 
 ROOT = Path(__file__).resolve().parent.parent
-FRAMEWORKS = ("torch", "jax", "tf", "mx")
-ENVIRONMENTS = ("spec",) + FRAMEWORKS
+# "spec" runs the harness, the oracle and the spec tests; then one environment per framework.
+ENVIRONMENTS = ("spec",) + tuple(dict.fromkeys(f.requirements for f in FRAMEWORKS.values()))
 
 
 def env_root() -> Path:
@@ -30,14 +33,21 @@ def env_root() -> Path:
 def requirements_file(name: str) -> Path:
     """requirements/<name>.txt for the spec and framework environments, and for the benchmark-only
     ones (bench-*: the official peers, built only when densenet-bench asks for them)."""
+    if name in FRAMEWORKS:
+        name = FRAMEWORKS[name].requirements
     path = ROOT / "requirements" / f"{name}.txt"
     if name not in ENVIRONMENTS and not (name.startswith("bench-") and path.exists()):
         raise EnvironmentSetupError(f"unknown environment {name!r}; known: {', '.join(ENVIRONMENTS)}")
     return path
 
 
+def env_name(name: str) -> str:
+    """The environment a framework (or an environment name) runs in."""
+    return FRAMEWORKS[name].requirements if name in FRAMEWORKS else name
+
+
 def env_python(name: str) -> Path:
-    return env_root() / name / "bin" / "python"
+    return env_root() / env_name(name) / "bin" / "python"
 
 
 def _stamp(name: str) -> str:
@@ -57,12 +67,14 @@ def project_packages() -> list[str]:
 
 
 def is_ready(name: str) -> bool:
+    name = env_name(name)
     stamp = env_root() / name / ".densenet-stamp"
     return env_python(name).exists() and stamp.exists() and stamp.read_text() == _stamp(name)
 
 
 def ensure_env(name: str, log=print) -> Path:
-    """Create (or reuse) the environment `name`; return its Python."""
+    """Create (or reuse) the environment `name` (or a framework's); return its Python."""
+    name = env_name(name)
     if is_ready(name):
         return env_python(name)
     path = env_root() / name
@@ -92,34 +104,26 @@ def ensure_env(name: str, log=print) -> Path:
 
 def ensure_envs(names, log=print) -> dict[str, Path]:
     """Build several environments, a few at a time (downloads overlap, installs are I/O bound)."""
-    names = list(dict.fromkeys(names))
+    names = list(dict.fromkeys(env_name(n) for n in names))
     with ThreadPoolExecutor(max_workers=3) as pool:
         pythons = list(pool.map(lambda n: ensure_env(n, log), names))
     return dict(zip(names, pythons))
 
 
-# XLA's CPU backend compiles float64 convolutions to plain loops; compiling ~100 of them dominates a
-# parity run. LLVM optimisation level 0 cuts that (speed only: every JAX parity check runs with it).
-# Not --xla_cpu_use_fusion_emitters=false beside it (it halved compile time more): with O0 that
-# pair miscompiles densenet_jax's eval-mode input gradient (d2l 64px float32: 53% off the oracle,
-# jaxlib 0.10). Either flag alone or none gives the oracle's numbers, and so does that pair once
-# the stem's max-pool takes JAX's own gradient or the 1x1 convs are nnx.Conv again: an XLA:CPU
-# bug, not a semantic difference; both layers are checked against the oracle without it.
-JAX_PARITY_XLA_FLAGS = "--xla_backend_optimization_level=0"
-
-
 def worker_env(name: str, *, parity: bool = False) -> dict:
-    """Process environment for running code from this repo with environment `name`'s Python.
+    """Process environment for running code from this repo in environment (or framework) `name`.
 
-    parity=True adds the compile-speed settings for parity runs (not for benchmarks)."""
+    The registry's variables for that framework are set; parity=True adds its parity-only
+    settings (compile speed; *_FLAGS variables are appended to, not replaced)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("PYTHONHASHSEED", "0")
-    if name == "tf":
-        env["KERAS_BACKEND"] = "tensorflow"
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if name == "jax" and parity:
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {JAX_PARITY_XLA_FLAGS}".strip()
+    framework = FRAMEWORKS.get(name)
+    if framework is not None:
+        env.update(framework.env)
+        for key, value in (framework.parity_env if parity else {}).items():
+            joined = f"{env.get(key, '')} {value}" if key.endswith("FLAGS") else value
+            env[key] = joined.strip()
     return env
 
 
