@@ -71,12 +71,22 @@ def _junit_counts(path: Path) -> dict:
     return counts
 
 
+def lint(python) -> list[str]:
+    """ruff, as configured in pyproject.toml: lint rules and the formatter's check."""
+    broken = []
+    for args in (["check", "."], ["format", "--check", "."]):
+        print(f"[dev] ruff {' '.join(args)}", flush=True)
+        if _run(python, ["-m", "ruff", *args], "spec") != 0:
+            broken.append(f"ruff {args[0]}")
+    return broken
+
+
 def test(argv) -> int:
     start = time.time()
     pythons = envs.ensure_envs(SUITES)
     print(f"[dev] environments ready in {time.time() - start:.0f} s", flush=True)
     totals = {"passed": 0, "failed": 0, "skipped": 0}
-    broken = []
+    broken = lint(pythons["spec"])
     with tempfile.TemporaryDirectory() as tmp:
         for name, paths in SUITES.items():
             paths = [p for p in paths if (ROOT / p).exists()]
@@ -106,6 +116,11 @@ def main(argv) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     if command == "envs":
+        unknown = [n for n in rest if n not in envs.ENVIRONMENTS and n not in FRAMEWORKS]
+        if unknown:
+            print(f"dev.py envs: unknown environment {', '.join(unknown)}; "
+                  f"known: {', '.join(envs.ENVIRONMENTS)}", file=sys.stderr)
+            return 2
         envs.ensure_envs(rest or envs.ENVIRONMENTS)
         return 0
     return {"parity": parity, "test": test, "bench": bench}[command](rest)
