@@ -63,7 +63,9 @@ class ConfigMismatchError(WeightFileError):
 
     def __init__(self, differences: dict):
         self.differences = differences  # field -> (in file, in model)
-        shown = "; ".join(f"{k}: file has {a!r}, model has {b!r}" for k, (a, b) in differences.items())
+        shown = "; ".join(
+            f"{k}: file has {a!r}, model has {b!r}" for k, (a, b) in differences.items()
+        )
         super().__init__(f"weight file was written for another config: {shown}")
 
 
@@ -81,3 +83,62 @@ class UnknownFrameworkError(DenseNetError, ValueError):
 
 class UnknownVariantError(DenseNetError, ValueError):
     """A model variant other than densenet_spec.frameworks.VARIANTS."""
+
+
+# Training on real data (densenet_spec.data, densenet_spec.training, densenet-train).
+
+
+class DataError(DenseNetError, ValueError):
+    """A data set that cannot be used for training."""
+
+
+class DataNotFoundError(DataError):
+    """A data folder or one of its files is missing (nothing is ever downloaded)."""
+
+
+class IdxMagicError(DataError):
+    """A file whose first four bytes are not the idx magic of the expected kind."""
+
+
+class TruncatedDataError(DataError):
+    """An idx file shorter than its header says (or a gzip stream that ends early)."""
+
+
+class CountMismatchError(DataError):
+    """An image file and its label file hold different numbers of examples."""
+
+
+class LabelRangeError(DataError):
+    """Labels outside 0 .. classes - 1."""
+
+
+class EmptySplitError(DataError):
+    """A train or test split with no examples, or too few for one batch."""
+
+
+class TrainingOptionError(DenseNetError, ValueError):
+    """A densenet-train flag out of range or inconsistent with another (named in the message)."""
+
+
+class CheckpointError(DenseNetError, ValueError):
+    """A checkpoint folder that is missing, unreadable or not a densenet-parity checkpoint."""
+
+
+class ResumeMismatchError(CheckpointError):
+    """--resume with settings that change the run's trajectory (batch, seed, data, lr, ...)."""
+
+
+class OptimizerStateError(CheckpointError):
+    """Momentum buffers whose names, shapes or dtype do not match the model's trainable tensors."""
+
+
+class WeightValuesError(WeightFileError):
+    """Tensors no model can use: NaN or infinite entries, or a negative BatchNorm running variance."""
+
+
+class UsageError(DenseNetError, ValueError):
+    """A command-line argument out of range or unusable (names the option)."""
+
+
+class WorkerResultError(DenseNetError, ValueError):
+    """A framework worker's result file is missing, unreadable, incomplete or mis-shaped."""

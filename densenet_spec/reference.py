@@ -492,3 +492,34 @@ def run_case(case):
 
     results = {k: np.ascontiguousarray(out[k], dtype=dtype) for k in result_keys(case)}
     return results, {"numpy": np.__version__, "device": "cpu", "dtype": case.dtype}
+
+
+def sgd_steps(
+    params: dict,
+    config: DenseNetConfig,
+    step_x,
+    step_y,
+    sgd,
+    *,
+    lrs=None,
+    buffers: dict | None = None,
+):
+    """K training steps from `params` on batches step_x[k], step_y[k] (train mode each time).
+
+    Returns (state, buffers, losses): every tensor after the steps (running statistics updated
+    once per step), the momentum buffers by trainable name, and the K losses (before each
+    update). lrs[k] is the learning rate of step k (default: sgd.lr throughout): the update is
+    the spec's with the rate outside the buffer, buf = m * buf + (g + wd * p); p -= lr_k * buf.
+    buffers continues a run (a checkpoint's momentum buffers); None starts them at zero.
+    """
+    import dataclasses
+
+    state, buffers = dict(params), dict(buffers or {})
+    losses = []
+    for k in range(len(step_x)):
+        _, running, value, _, grads = _forward_backward(state, config, step_x[k], step_y[k], True)
+        lr = sgd.lr if lrs is None else float(lrs[k])
+        state, buffers = sgd_step(state, grads, buffers, dataclasses.replace(sgd, lr=lr))
+        state.update(running)
+        losses.append(float(value))
+    return state, buffers, np.asarray(losses)
