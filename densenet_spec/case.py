@@ -40,6 +40,22 @@ class SGDConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
 
+    def __post_init__(self):
+        import math
+
+        from densenet_spec.errors import ConfigError
+
+        for name, ok, interval in (
+            ("lr", lambda v: v > 0, "(0, inf)"),
+            ("momentum", lambda v: 0 <= v < 1, "[0, 1)"),
+            ("weight_decay", lambda v: v >= 0, "[0, inf)"),
+        ):
+            v = getattr(self, name)
+            real = isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+            if not real or not math.isfinite(v) or not ok(v):
+                raise ConfigError(f"SGD {name} must be a finite number in {interval}, got {v!r}")
+            object.__setattr__(self, name, float(v))
+
 
 @dataclass
 class Case:
@@ -55,7 +71,9 @@ class Case:
     quantities: tuple = QUANTITIES
     memory_efficient: bool = False
     variant: str = "plain"  # densenet_spec.frameworks.VARIANTS: the teaching model or the fast one
-    options: dict = field(default_factory=dict)  # framework-specific switches, e.g. {"hybridize": true}
+    options: dict = field(
+        default_factory=dict
+    )  # framework-specific switches, e.g. {"hybridize": true}
 
     @property
     def steps(self) -> int:

@@ -1,38 +1,51 @@
-"""densenet-parity: run every framework on one case and compare each with the oracle and each other."""
+"""densenet-parity: run every framework on one case; compare each with the oracle and the others."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shlex
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from densenet_spec.case import DEVICES, QUANTITIES, SGDConfig, make_case
 from densenet_spec.config import PRESETS, get_preset
-from densenet_spec.errors import DenseNetError
+from densenet_spec.errors import DenseNetError, UsageError
 from densenet_spec.frameworks import FRAMEWORKS, VARIANTS, parse_frameworks
-from densenet_spec.harness import MUTATIONS
+from densenet_spec.harness import MUTATIONS, WORKER_TIMEOUT_S, Terminated, terminate_as_interrupt
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="densenet-parity",
         description="Load equal weights into every framework, run forward (eval and train mode), "
-        "gradients and SGD steps, and compare each framework with the NumPy oracle and with each other.",
+        "gradients and SGD steps, and compare each framework with the NumPy oracle and with "
+        "each other.",
     )
     p.add_argument("--preset", default="d2l", help=f"one of: {', '.join(PRESETS)} (default d2l)")
-    p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated (default: all)")
+    p.add_argument(
+        "--frameworks", default=",".join(FRAMEWORKS), help="comma-separated (default: all)"
+    )
     p.add_argument("--dtype", default="float64", choices=("float32", "float64"))
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--image-size", type=int, default=None, help="default: 96 for d2l, 64 ImageNet, 32 CIFAR")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="default: 96 for d2l, 64 ImageNet, 32 CIFAR"
+    )
     p.add_argument("--device", default="cpu", choices=DEVICES)
-    p.add_argument("--steps", type=int, default=1, help="SGD-momentum steps K (same batches for all)")
+    p.add_argument(
+        "--steps", type=int, default=1, help="SGD-momentum steps K (same batches for all)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=SGDConfig.lr)
     p.add_argument("--momentum", type=float, default=SGDConfig.momentum)
     p.add_argument("--weight-decay", type=float, default=SGDConfig.weight_decay)
-    p.add_argument("--quantities", default=",".join(QUANTITIES), help="subset of eval,train,grad,step")
+    p.add_argument(
+        "--quantities", default=",".join(QUANTITIES), help="subset of eval,train,grad,step"
+    )
     p.add_argument("--memory-efficient", action="store_true", help="checkpointed dense layers")
     p.add_argument(
         "--variant",
@@ -46,13 +59,120 @@ def parse_args(argv):
         action="append",
         default=[],
         metavar="FRAMEWORK:KIND",
-        help="self-check: perturb one framework (KIND bn_eps or same_padding); the run must then fail "
+        help="self-check: perturb one framework (KIND bn_eps or same_padding); the run must "
+        "then fail "
         "and name the first diverging stage",
     )
     p.add_argument("--json", type=Path, help="write every comparison with its error and bound here")
-    p.add_argument("--report", type=Path, help="write parity.md, parity.html (heatmap) and parity.json here")
+    p.add_argument(
+        "--report", type=Path, help="write parity.md, parity.html (heatmap) and parity.json here"
+    )
     p.add_argument("--no-setup", action="store_true", help="do not build missing environments")
+    p.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=WORKER_TIMEOUT_S,
+        metavar="S",
+        help="seconds one framework's worker may run before it is killed "
+        f"(default {WORKER_TIMEOUT_S})",
+    )
     return p.parse_args(argv)
+
+
+# Inputs of a parity case (x and the K step batches) above this many values are a typo, not a
+# test: 2^30 float64 values are 8 GiB before any activation is stored.
+MAX_INPUT_ELEMENTS = 2**30
+
+
+def _number(args, option: str, low: float, high: float, interval: str) -> None:
+    """A finite number within `interval` ("(0, inf)", "[0, 1)", ...), or a UsageError naming it."""
+    v = getattr(args, option.lstrip("-").replace("-", "_"))
+    ok = math.isfinite(v) and (low < v if interval[0] == "(" else low <= v)
+    ok = ok and (v < high if interval[-1] == ")" else v <= high)
+    if not ok:
+        raise UsageError(f"{option} must be a finite number in {interval}, got {v}")
+
+
+def check_args(args, quantities) -> None:
+    """Every numeric option in range, before anything runs (UsageError names the option)."""
+    if args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    if args.image_size is not None and args.image_size < 1:
+        raise UsageError(f"--image-size must be >= 1, got {args.image_size}")
+    if args.steps < 0:
+        raise UsageError(f"--steps must be >= 0, got {args.steps}")
+    if args.steps == 0 and "step" in quantities:
+        raise UsageError(
+            "--steps 0 with the step quantity checks nothing: give --steps >= 1, or leave step "
+            "out of --quantities"
+        )
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    _number(args, "--lr", 0.0, math.inf, "(0, inf)")
+    _number(args, "--momentum", 0.0, 1.0, "[0, 1)")
+    _number(args, "--weight-decay", 0.0, math.inf, "[0, inf)")
+    _number(args, "--worker-timeout", 0.0, math.inf, "(0, inf)")
+
+
+def check_writable(path: Path, option: str, *, folder: bool) -> None:
+    """Find an output location we cannot write before the run, not after it: create the folder,
+    write and remove a probe file there, and check that files we would replace are writable."""
+    where = path if folder else path.parent
+    if folder and path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: exists and is not a folder")
+    if not folder and path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory; give a file name")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".densenet-parity-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
+    targets = [where / n for n in ("parity.json", "parity.md", "parity.html")] if folder else [path]
+    for t in targets:
+        if t.exists() and not os.access(t, os.W_OK):
+            raise UsageError(f"{option}: {t} exists and is not writable")
+
+
+def prepare(args) -> tuple:
+    """(config, frameworks, quantities, mutations, image size) from parsed arguments, every one
+    checked before anything runs or is written; DenseNetError (UsageError, ...) names the option."""
+    config = get_preset(args.preset)
+    frameworks = parse_frameworks(args.frameworks)
+    quantities = tuple(q.strip() for q in args.quantities.split(",") if q.strip())
+    if not quantities:
+        raise UsageError(f"--quantities names none of {', '.join(QUANTITIES)}")
+    bad = [q for q in quantities if q not in QUANTITIES]
+    if bad:
+        raise UsageError(f"unknown quantities {bad}; known: {', '.join(QUANTITIES)}")
+    mutations = {}
+    for m in args.mutate:
+        fw, _, kind = m.partition(":")
+        if fw not in frameworks or kind not in MUTATIONS:
+            raise UsageError(
+                f"--mutate {m!r}: expected FRAMEWORK:KIND with FRAMEWORK one of the run's "
+                "frameworks and KIND bn_eps or same_padding"
+            )
+        mutations[fw] = kind
+    check_args(args, quantities)
+    from densenet_spec.config import check_input_shape
+    from densenet_spec.harness import default_image_size, expected_divergence
+
+    for kind in mutations.values():
+        try:
+            expected_divergence(config, kind)
+        except ValueError as e:
+            raise UsageError(f"--mutate: {e}") from None
+    size = default_image_size(config) if args.image_size is None else args.image_size
+    check_input_shape(config, (args.batch, config.in_channels, size, size), training=True)
+    elements = args.batch * config.in_channels * size * size * (args.steps + 1)
+    if elements > MAX_INPUT_ELEMENTS:
+        raise UsageError(
+            f"--batch {args.batch} x {size}x{size} images x {args.steps + 1} batches is "
+            f"{elements:.2e} input values, over the {MAX_INPUT_ELEMENTS:.1e} a parity case allows"
+        )
+    return config, frameworks, quantities, mutations, size
 
 
 def main(argv=None) -> int:
@@ -62,33 +182,13 @@ def main(argv=None) -> int:
 
     console = report.console()
     try:
-        config = get_preset(args.preset)
-        frameworks = parse_frameworks(args.frameworks)
-        quantities = tuple(q.strip() for q in args.quantities.split(",") if q.strip())
-        if not quantities:
-            raise DenseNetError(f"--quantities names none of {', '.join(QUANTITIES)}")
-        bad = [q for q in quantities if q not in QUANTITIES]
-        if bad:
-            raise DenseNetError(f"unknown quantities {bad}; known: {', '.join(QUANTITIES)}")
-        mutations = {}
-        for m in args.mutate:
-            fw, _, kind = m.partition(":")
-            if fw not in frameworks or kind not in MUTATIONS:
-                raise DenseNetError(
-                    f"--mutate {m!r}: expected FRAMEWORK:KIND with FRAMEWORK one of the run's "
-                    "frameworks and KIND bn_eps or same_padding"
-                )
-            mutations[fw] = kind
-        if args.batch < 1 or args.steps < 0:
-            raise DenseNetError("--batch must be >= 1 and --steps >= 0")
-        from densenet_spec.harness import default_image_size, expected_divergence, run_parity
+        config, frameworks, quantities, mutations, size = prepare(args)
+        if args.json:
+            check_writable(args.json, "--json", folder=False)
+        if args.report:
+            check_writable(args.report, "--report", folder=True)
+        from densenet_spec.harness import run_parity
 
-        for kind in mutations.values():
-            try:
-                expected_divergence(config, kind)
-            except ValueError as e:
-                raise DenseNetError(f"--mutate: {e}") from None
-        size = args.image_size or default_image_size(config)
         case = make_case(
             config,
             batch=args.batch,
@@ -106,25 +206,48 @@ def main(argv=None) -> int:
         console.print(f"[bold red]error:[/] {e}")
         return 2
     command = "densenet-parity " + " ".join(shlex.quote(a) for a in argv)
-    with console.status("starting", spinner="dots") as status:
-        result = run_parity(
-            case,
-            frameworks,
-            setup=not args.no_setup,
-            log=report.logger(console, status),
-            command=command,
-            mutations=mutations,
+    # Ctrl-C and SIGTERM take the same way out: the running worker's process group is killed and
+    # the temporary case folder removed as the exception unwinds (harness.run_process).
+    try:
+        with terminate_as_interrupt(), console.status("starting", spinner="dots") as status:
+            result = run_parity(
+                case,
+                frameworks,
+                setup=not args.no_setup,
+                log=report.logger(console, status),
+                command=command,
+                mutations=mutations,
+                worker_timeout=args.worker_timeout,
+            )
+    except (KeyboardInterrupt, Terminated) as e:
+        name = "SIGINT" if isinstance(e, KeyboardInterrupt) else str(e)
+        console.print(
+            f"[bold red]interrupted[/] by {name}: workers stopped, temporary files removed"
         )
+        return 128 + (signal.SIGINT if isinstance(e, KeyboardInterrupt) else e.signum)
     report.print_report(result, console)
+    written = True
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.to_json(), indent=1))
-        console.print(f"JSON report: {args.json}")
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result.to_json(), indent=1))
+            console.print(f"JSON report: {args.json}")
+        except OSError as e:
+            console.print(f"[bold red]error:[/] --json {args.json}: not written ({e})")
+            written = False
     if args.report:
         from densenet_spec.report_files import write_report
 
-        paths = write_report(result, args.report)
-        console.print(f"report: {paths['html']} (and {paths['markdown'].name}, {paths['json'].name})")
+        try:
+            paths = write_report(result, args.report)
+            console.print(
+                f"report: {paths['html']} (and {paths['markdown'].name}, {paths['json'].name})"
+            )
+        except OSError as e:
+            console.print(f"[bold red]error:[/] --report {args.report}: not written ({e})")
+            written = False
+    if not written:
+        return 2
     if mutations:
         from densenet_spec.harness import self_check
 

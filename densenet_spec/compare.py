@@ -43,7 +43,11 @@ def rel_errors(a: dict, b: dict, *, symmetric: bool = False) -> dict[str, float]
     least GRAD_FLOOR times it (tolerances.py).
     """
     scales_b = family_scales(b)
-    scales = {f: max(s, family_scales(a).get(f, 0.0)) for f, s in scales_b.items()} if symmetric else scales_b
+    scales = (
+        {f: max(s, family_scales(a).get(f, 0.0)) for f, s in scales_b.items()}
+        if symmetric
+        else scales_b
+    )
     out = {}
     for k in b:
         if k not in a:
@@ -200,7 +204,13 @@ def bounds_for(
 
 
 def compare(
-    a: dict, b: dict, dtype: str, float32_errors: dict | None = None, *, symmetric=False, allowance=None
+    a: dict,
+    b: dict,
+    dtype: str,
+    float32_errors: dict | None = None,
+    *,
+    symmetric=False,
+    allowance=None,
 ):
     """List of Comparison for every key of b (the reference); a missing key is an infinite error."""
     errors = rel_errors(a, b, symmetric=symmetric)
@@ -209,7 +219,13 @@ def compare(
 
 
 def assert_close(
-    a: dict, b: dict, dtype: str, float32_errors: dict | None = None, *, symmetric=False, allowance=None
+    a: dict,
+    b: dict,
+    dtype: str,
+    float32_errors: dict | None = None,
+    *,
+    symmetric=False,
+    allowance=None,
 ):
     """For tests: fail listing the worst offending keys with their error and bound.
 
@@ -224,4 +240,6 @@ def assert_close(
     if bad:
         bad.sort(key=lambda c: -c.error / c.bound)
         lines = [f"{c.key}: error {c.error:.3e} > bound {c.bound:.1e}" for c in bad[:15]]
-        raise AssertionError(f"{len(bad)} of {len(b)} comparisons out of bound:\n" + "\n".join(lines))
+        raise AssertionError(
+            f"{len(bad)} of {len(b)} comparisons out of bound:\n" + "\n".join(lines)
+        )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import operator
 from dataclasses import dataclass
 
 from densenet_spec.errors import ConfigError, InputShapeError, UnknownPresetError
@@ -47,7 +49,7 @@ class DenseNetConfig:
     bn_running_var: str = "unbiased"
 
     def __post_init__(self):
-        object.__setattr__(self, "block_config", tuple(self.block_config))
+        _normalize(self)
         _validate(self)
 
     # Channel arithmetic, derived once here so every framework builds the same widths.
@@ -79,7 +81,11 @@ class DenseNetConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DenseNetConfig":
+    def from_dict(cls, d: dict) -> DenseNetConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object (dict), got {type(d).__name__}")
+        if not all(isinstance(k, str) for k in d):
+            raise ConfigError(f"config field names must be strings, got {sorted(map(repr, d))}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -87,20 +93,71 @@ class DenseNetConfig:
         return cls(**d)
 
     @classmethod
-    def from_json(cls, text: str) -> "DenseNetConfig":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str) -> DenseNetConfig:
+        try:
+            d = json.loads(text)
+        except (TypeError, ValueError) as e:  # JSONDecodeError and undecodable bytes
+            raise ConfigError(f"config is not valid JSON ({e})") from None
+        return cls.from_dict(d)
 
-    def replace(self, **changes) -> "DenseNetConfig":
+    def replace(self, **changes) -> DenseNetConfig:
         return dataclasses.replace(self, **changes)
 
-    def differences(self, other: "DenseNetConfig") -> dict:
+    def differences(self, other: DenseNetConfig) -> dict:
         """field -> (self's value, other's value) for every field that differs."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
+INT_FIELDS = ("growth_rate", "num_init_features", "in_channels", "num_classes", "bn_size")
+FLOAT_FIELDS = ("compression", "bn_eps", "bn_momentum")
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_numpy_bool(v) -> bool:
+    return type(v).__module__ == "numpy" and type(v).__name__ in ("bool", "bool_")
+
+
+def _as_python(v, kind: type):
+    """NumPy (or other numbers.Integral / numbers.Real) scalars as the Python int / float they
+    stand for, so that validation, messages and to_json see plain values; anything else as is."""
+    if isinstance(v, (bool, str, bytes)) or _is_numpy_bool(v):
+        return v
+    if kind is int and isinstance(v, numbers.Integral):
+        return operator.index(v)
+    if kind is float and isinstance(v, numbers.Real):
+        return float(v)
+    return v
+
+
+def _normalize(c: DenseNetConfig) -> None:
+    blocks = c.block_config
+    if isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__iter__"):
+        raise ConfigError(f"block_config must be a sequence of layer counts, got {blocks!r}")
+    if hasattr(blocks, "shape") and len(blocks.shape) != 1:  # a NumPy array
+        raise ConfigError(f"block_config must be one-dimensional, got shape {blocks.shape}")
+    object.__setattr__(c, "block_config", tuple(_as_python(n, int) for n in blocks))
+    for name in INT_FIELDS:
+        object.__setattr__(c, name, _as_python(getattr(c, name), int))
+    for name in FLOAT_FIELDS:
+        object.__setattr__(c, name, _as_python(getattr(c, name), float))
+    if _is_numpy_bool(c.conv_bias):
+        object.__setattr__(c, "conv_bias", bool(c.conv_bias))
+
+
+def _real_in(c: DenseNetConfig, name: str, low: float, high: float, interval: str) -> None:
+    """A finite real number within the interval written as `interval` (e.g. "(0, 1]")."""
+    v = getattr(c, name)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if ok:
+        ok = (low < v if interval[0] == "(" else low <= v) and (
+            v < high if interval[-1] == ")" else v <= high
+        )
+    if not ok:
+        raise ConfigError(f"{name} must be a finite number in {interval}, got {v!r}")
 
 
 def _validate(c: DenseNetConfig) -> None:
@@ -116,26 +173,20 @@ def _validate(c: DenseNetConfig) -> None:
     for i, n in enumerate(c.block_config):
         if not _is_int(n) or n <= 0:
             raise ConfigError(f"block_config[{i}] must be a positive integer, got {n!r}")
-    if c.stem not in STEMS:
-        raise ConfigError(f"stem must be one of {STEMS}, got {c.stem!r}")
     if c.bn_size is not None and (not _is_int(c.bn_size) or c.bn_size <= 0):
         raise ConfigError(f"bn_size must be None or a positive integer, got {c.bn_size!r}")
-    if isinstance(c.compression, bool) or not isinstance(c.compression, (int, float)) or not (
-        0.0 < c.compression <= 1.0
-    ):
-        raise ConfigError(f"compression (theta) must be in (0, 1], got {c.compression!r}")
+    _real_in(c, "compression", 0.0, 1.0, "(0, 1]")  # theta of DenseNet-C
     if not isinstance(c.conv_bias, bool):
         raise ConfigError(f"conv_bias must be a bool, got {c.conv_bias!r}")
-    if not isinstance(c.bn_eps, (int, float)) or isinstance(c.bn_eps, bool) or c.bn_eps <= 0:
-        raise ConfigError(f"bn_eps must be > 0, got {c.bn_eps!r}")
-    if (
-        not isinstance(c.bn_momentum, (int, float))
-        or isinstance(c.bn_momentum, bool)
-        or not (0.0 <= c.bn_momentum <= 1.0)
-    ):
-        raise ConfigError(f"bn_momentum must be in [0, 1], got {c.bn_momentum!r}")
-    if c.bn_running_var not in RUNNING_VAR_RULES:
-        raise ConfigError(f"bn_running_var must be one of {RUNNING_VAR_RULES}, got {c.bn_running_var!r}")
+    # An epsilon of 1 or more no longer guards a division: it rewrites the normalisation.
+    _real_in(c, "bn_eps", 0.0, 1.0, "(0, 1)")
+    _real_in(c, "bn_momentum", 0.0, 1.0, "[0, 1]")
+    if not isinstance(c.stem, str) or c.stem not in STEMS:
+        raise ConfigError(f"stem must be one of {STEMS}, got {c.stem!r}")
+    if not isinstance(c.bn_running_var, str) or c.bn_running_var not in RUNNING_VAR_RULES:
+        raise ConfigError(
+            f"bn_running_var must be one of {RUNNING_VAR_RULES}, got {c.bn_running_var!r}"
+        )
     channels = c.num_init_features
     for i, n in enumerate(c.block_config[:-1]):
         channels += n * c.growth_rate
@@ -146,7 +197,7 @@ def _validate(c: DenseNetConfig) -> None:
 
 
 PRESETS: dict[str, DenseNetConfig] = {
-    # d2l chapter 8.7: conv_block without bottleneck, conv bias on (PyTorch's default), 1 channel in.
+    # d2l chapter 8.7: conv_block without bottleneck, conv bias on (PyTorch's default), 1 channel.
     "d2l": DenseNetConfig(),
     # The paper's ImageNet DenseNet-BC models; numbers as in torchvision.
     "densenet121": DenseNetConfig(32, (6, 12, 24, 16), 64, "imagenet", 4, 0.5, False, 3, 1000),
@@ -201,40 +252,89 @@ def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 def min_image_size(config: DenseNetConfig) -> int:
-    """Smallest square image for which every stage keeps at least one pixel."""
-    size = 1
-    while min(min(hw) for hw in spatial_sizes(config, size, size).values()) < 1:
-        size += 1
-    return size
+    """Smallest square image for which every stage keeps at least one pixel.
+
+    Every stage's size is a non-decreasing function of the input size, so the smallest size that
+    works is found by doubling, then bisecting: O(blocks^2) steps, where counting up took 2^blocks.
+    """
+
+    def fits(size: int) -> bool:
+        return min(min(hw) for hw in spatial_sizes(config, size, size).values()) >= 1
+
+    high = 1
+    while not fits(high):
+        high *= 2
+    low = high // 2  # does not fit (or is 0)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid, high)
+    return high
 
 
-def check_input_shape(config: DenseNetConfig, shape, layout: str = "NCHW", *, training: bool = False):
+def _dim(s, shape):
+    """One dimension of an input shape as an int, or None where it is unknown: None (Keras,
+    tf.function) or a symbolic dimension (jax.export) that has no integer value yet."""
+    if s is None:
+        return None
+    if isinstance(s, (bool, str, bytes, float)) or _is_numpy_bool(s):
+        raise InputShapeError(f"input shape must hold integers, got {shape!r}")
+    try:
+        return operator.index(s)
+    except TypeError:
+        pass
+    value = getattr(s, "value", s)  # tf.compat.v1.Dimension
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except Exception:  # a symbolic dimension: checked when it has a value
+        return None
+
+
+def check_input_shape(
+    config: DenseNetConfig, shape, layout: str = "NCHW", *, training: bool = False
+):
     """Raise InputShapeError unless `shape` is a batch this network can run.
 
     Every framework calls this at its edge, so the same bad input gets the same named error.
     In train mode each BatchNorm needs more than one value per channel (the unbiased variance
     divides by n - 1), so a batch of one image that pools down to 1x1 is rejected too.
     """
-    shape = tuple(int(s) for s in shape)
     if layout not in ("NCHW", "NHWC"):
         raise ValueError(f"layout must be NCHW or NHWC, got {layout!r}")
+    try:
+        raw = tuple(shape)
+    except TypeError:
+        raise InputShapeError(
+            f"input shape must be a sequence of dimensions, got {shape!r}"
+        ) from None
+    shape = tuple(_dim(s, raw) for s in raw)
     if len(shape) != 4:
-        axes = "batch, channels, height, width" if layout == "NCHW" else "batch, height, width, channels"
+        axes = (
+            "batch, channels, height, width"
+            if layout == "NCHW"
+            else "batch, height, width, channels"
+        )
         raise InputShapeError(f"input must have rank 4 ({layout}: {axes}), got shape {shape}")
     n, c, h, w = shape if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
-    if c != config.in_channels:
+    if any(d is not None and d < 0 for d in shape):
+        raise InputShapeError(f"input shape has a negative dimension: {shape}")
+    if c is not None and c != config.in_channels:
         raise InputShapeError(
-            f"input has {c} channels, the model expects {config.in_channels} ({layout} shape {shape})"
+            f"input has {c} channels, the model expects {config.in_channels} "
+            f"({layout} shape {shape})"
         )
-    if n < 1:
+    if n is not None and n < 1:
         raise InputShapeError(f"input batch is empty (shape {shape})")
+    if h is None or w is None:  # unknown image size (a symbolic or None dimension)
+        return
     sizes = spatial_sizes(config, h, w)
     if min(min(hw) for hw in sizes.values()) < 1:
         m = min_image_size(config)
         raise InputShapeError(
             f"image {h}x{w} is too small for this network: the smallest square input is {m}x{m}"
         )
-    if training:
+    if training and n is not None:
         smallest = min(hw[0] * hw[1] for hw in sizes.values())
         if n * smallest < 2:
             raise InputShapeError(

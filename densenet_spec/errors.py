@@ -133,7 +133,7 @@ class OptimizerStateError(CheckpointError):
 
 
 class WeightValuesError(WeightFileError):
-    """Tensors no model can use: NaN or infinite entries, or a negative BatchNorm running variance."""
+    """Tensors no model can use: NaN or infinite entries, or a negative running variance."""
 
 
 class UsageError(DenseNetError, ValueError):

@@ -8,8 +8,12 @@ tail of its stderr while the others are still compared.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import math
+import os
 import platform
+import signal
 import subprocess
 import tempfile
 import time
@@ -20,7 +24,15 @@ import numpy as np
 
 import densenet_envs as envs
 from densenet_spec import reference
-from densenet_spec.case import Case, as_dtype, make_case, read_results, result_keys, write_case
+from densenet_spec.case import (
+    Case,
+    as_dtype,
+    check_results,
+    make_case,
+    read_results,
+    result_keys,
+    write_case,
+)
 from densenet_spec.compare import (
     Comparison,
     add_allowances,
@@ -29,12 +41,44 @@ from densenet_spec.compare import (
     float32_step_allowance,
     rel_errors,
 )
+from densenet_spec.errors import DenseNetError, EnvironmentSetupError, WorkerResultError
 from densenet_spec.frameworks import FRAMEWORKS, get_framework
 from densenet_spec.params import stage_names, trainable_names
 from densenet_spec.tolerances import family
 
 ORACLE = "oracle"
-WORKER_TIMEOUT_S = 1800
+WORKER_TIMEOUT_S = 1800  # seconds; densenet-parity --worker-timeout
+KILL_GRACE_S = 5  # after SIGTERM, a worker's process group gets this long before SIGKILL
+
+
+class Terminated(BaseException):
+    """SIGTERM (or SIGHUP) arrived: raised in the main thread so that it unwinds like Ctrl-C
+    (KeyboardInterrupt), through the same cleanup: workers killed, temp folder removed."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt(signals=(signal.SIGTERM, signal.SIGHUP)):
+    """While inside, SIGTERM and SIGHUP raise Terminated (main thread only; elsewhere a no-op)."""
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    previous = {}
+    try:
+        for s in signals:
+            previous[s] = signal.signal(s, handler)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        pass
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
 
 # Deliberate perturbations for the self-check: a parity harness that cannot fail proves nothing.
 # bn_eps: the framework builds its BatchNorms with eps 1e-3 (Keras's default) instead of the spec's.
@@ -76,6 +120,11 @@ class PairReport:
         grads = [n for n in self.params if f"train_grad/{n}" in failing]
         if grads:
             out["train_grad"] = grads[-1]
+        if not out:  # no stage or gradient parts: name the first failing key of what does
+            for c in self.comparisons:
+                fam, _, name = c.key.partition("/")
+                if not c.ok and fam not in out:
+                    out[fam] = name
         return out
 
 
@@ -128,27 +177,112 @@ class ParityReport:
         }
 
 
-def run_worker(framework: str, case_dir: Path, setup: bool = True, log=print) -> FrameworkRun:
-    """Run one framework's worker in its own environment; never raises for a worker failure."""
-    try:
-        python = envs.ensure_env(framework, log) if setup else envs.env_python(framework)
-        if not Path(python).exists():
-            return FrameworkRun(framework, False, error=f"no {framework} environment at {python}")
-    except Exception as e:  # a broken environment is reported, the other frameworks still run
-        return FrameworkRun(framework, False, error=str(e))
-    out = case_dir.parent / f"result-{framework}.safetensors"
+def worker_command(
+    framework: str, case_dir: Path, out: Path, setup: bool, log
+) -> tuple[list, dict]:
+    """(command, environment) that runs `framework`'s worker on case_dir, answering in `out`."""
+    python = envs.ensure_env(framework, log) if setup else envs.env_python(framework)
+    if not Path(python).exists():
+        raise EnvironmentSetupError(f"no {framework} environment at {python}")
     package = FRAMEWORKS[framework].package
     cmd = [str(python), "-m", "densenet_spec.worker", package, str(case_dir), str(out)]
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=envs.worker_env(framework, parity=True), timeout=WORKER_TIMEOUT_S
+    return cmd, envs.worker_env(framework, parity=True)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Stop a worker and everything it started: SIGTERM to its process group, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_process(cmd, env, timeout: float) -> tuple[int, str]:
+    """(return code, stderr) of a worker run in its own session (process group), so that a
+    timeout, Ctrl-C or SIGTERM here kills it with everything it started; re-raises those."""
+    with tempfile.TemporaryFile() as err:  # a file: a chatty worker cannot fill a pipe
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True
         )
+        try:
+            code = proc.wait(timeout=timeout)
+        except BaseException:
+            _kill_group(proc)
+            raise
+        err.seek(0)
+        return code, err.read().decode(errors="replace")
+
+
+def exit_description(code: int) -> str:
+    """'exited 1' or, for a worker a signal ended, 'killed by SIGSEGV'."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited {code}"
+
+
+def read_worker_results(path: Path, case: Case | None = None) -> tuple[dict, dict]:
+    """A worker's results, checked: present, readable, numeric, and (with case) every key."""
+    if not Path(path).is_file():
+        raise WorkerResultError("it wrote no result file")
+    try:
+        results, info = read_results(path)
+    except Exception as e:  # safetensors' own errors, bad JSON in the metadata
+        raise WorkerResultError(
+            f"its result file is unreadable ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(info, dict):
+        raise WorkerResultError(f"its result info is not a JSON object: {info!r}")
+    if case is not None:
+        try:
+            check_results(case, results)
+        except ValueError as e:
+            raise WorkerResultError(f"its results are incomplete: {e}") from None
+    not_float = sorted(k for k, v in results.items() if v.dtype.kind != "f")
+    if not_float:
+        raise WorkerResultError(f"its results hold non-float tensors: {', '.join(not_float[:8])}")
+    return results, info
+
+
+def run_worker(
+    framework: str,
+    case_dir: Path,
+    setup: bool = True,
+    log=print,
+    *,
+    timeout: float = WORKER_TIMEOUT_S,
+    case: Case | None = None,
+) -> FrameworkRun:
+    """Run one framework's worker in its own environment; never raises for a worker failure
+    (Ctrl-C and Terminated are re-raised after the worker is killed)."""
+    out = case_dir.parent / f"result-{framework}.safetensors"
+    try:
+        cmd, env = worker_command(framework, case_dir, out, setup, log)
+    except Exception as e:  # a broken environment is reported, the other frameworks still run
+        return FrameworkRun(framework, False, error=str(e))
+    try:
+        code, stderr = run_process(cmd, env, timeout)
     except subprocess.TimeoutExpired:
-        return FrameworkRun(framework, False, error=f"worker timed out after {WORKER_TIMEOUT_S} s")
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        return FrameworkRun(framework, False, error=f"worker exited {proc.returncode}:\n{tail}")
-    results, info = read_results(out)
+        return FrameworkRun(
+            framework, False, error=f"worker timed out after {timeout:g} s (--worker-timeout)"
+        )
+    except OSError as e:  # the interpreter could not be started
+        return FrameworkRun(framework, False, error=f"worker could not start: {e}")
+    tail = "\n".join(stderr.strip().splitlines()[-15:])
+    if code != 0:
+        return FrameworkRun(framework, False, error=f"worker {exit_description(code)}:\n{tail}")
+    try:
+        results, info = read_worker_results(out, case)
+    except WorkerResultError as e:
+        return FrameworkRun(framework, False, error=f"worker exited 0 but {e}\n{tail}".strip())
     return FrameworkRun(framework, True, info=info, results=results)
 
 
@@ -187,7 +321,7 @@ def expected_divergence(config, kind: str) -> str:
     return "stem" if config.stem == "imagenet" else "blocks.0.layers.0"
 
 
-def self_check(report: "ParityReport") -> list[str]:
+def self_check(report: ParityReport) -> list[str]:
     """Problems with a --mutate run: mutated pairs must fail at the expected stage, others pass."""
     problems = []
     for p in report.pairs:
@@ -221,10 +355,12 @@ def run_parity(
     log=print,
     command: str = "",
     mutations: dict[str, str] | None = None,
+    worker_timeout: float = WORKER_TIMEOUT_S,
 ) -> ParityReport:
     frameworks = list(dict.fromkeys(frameworks))
     for f in frameworks:
         get_framework(f)  # UnknownFrameworkError names the known ones
+    check_timeout(worker_timeout)
     mutations = mutations or {}
     with tempfile.TemporaryDirectory(prefix="densenet-parity-") as tmp:
         case_dir = write_case(case, Path(workdir or tmp) / "case")
@@ -233,9 +369,11 @@ def run_parity(
             fw_dir = case_dir
             if fw in mutations:
                 log(f"MUTATING {fw}: {mutations[fw]} (self-check: this run must fail)")
-                fw_dir = write_case(mutated(case, mutations[fw]), Path(workdir or tmp) / f"case-{fw}")
+                fw_dir = write_case(
+                    mutated(case, mutations[fw]), Path(workdir or tmp) / f"case-{fw}"
+                )
             log(f"running {fw} worker ({case.dtype}, {case.device}, {case.variant} model)")
-            runs[fw] = run_worker(fw, fw_dir, setup, log)
+            runs[fw] = run_worker(fw, fw_dir, setup, log, timeout=worker_timeout, case=case)
             status = f"done in {runs[fw].info.get('seconds', '?')} s" if runs[fw].ok else "FAILED"
             log(f"{fw}: {status}")
     log("running the NumPy oracle")
@@ -253,10 +391,25 @@ def run_parity(
             pairs.append(PairReport(fw, ORACLE, comps, stages, params))
     for a, b in itertools.combinations([f for f in frameworks if runs[f].ok], 2):
         comps = compare(
-            runs[a].results, runs[b].results, case.dtype, float32_errors, symmetric=True, allowance=allowance
+            runs[a].results,
+            runs[b].results,
+            case.dtype,
+            float32_errors,
+            symmetric=True,
+            allowance=allowance,
         )
         pairs.append(PairReport(a, b, comps, stages, params))
     return ParityReport(case, runs, pairs, oracle_s, command, dict(mutations))
+
+
+def check_timeout(seconds) -> float:
+    """A worker timeout: a finite number of seconds > 0."""
+    ok = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+    if not ok or not math.isfinite(seconds) or seconds <= 0:
+        raise DenseNetError(
+            f"worker timeout must be a finite number of seconds > 0, got {seconds!r}"
+        )
+    return float(seconds)
 
 
 def default_image_size(config) -> int:
@@ -290,7 +443,18 @@ def family_table(report: ParityReport) -> list[dict]:
 
 
 def environment_summary() -> dict:
-    return {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+    }
 
 
-__all__ = ["run_parity", "make_case", "ParityReport", "FrameworkRun", "family_table", "default_image_size"]
+__all__ = [
+    "run_parity",
+    "make_case",
+    "ParityReport",
+    "FrameworkRun",
+    "family_table",
+    "default_image_size",
+]

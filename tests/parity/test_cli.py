@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 import densenet_envs as envs
 from densenet_spec.case import make_case, result_keys
 from densenet_spec.config import get_preset
@@ -25,7 +23,9 @@ def parity(*args, timeout=900):
 def test_d2l_torch_float64_writes_every_comparison(tmp_path, require_envs):
     require_envs("torch")
     out = tmp_path / "out.json"
-    proc = parity("--preset", "d2l", "--frameworks", "torch", "--dtype", "float64", "--json", str(out))
+    proc = parity(
+        "--preset", "d2l", "--frameworks", "torch", "--dtype", "float64", "--json", str(out)
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     assert report["ok"] is True
@@ -50,7 +50,15 @@ def test_bad_arguments_give_named_errors_not_tracebacks():
     assert proc.returncode == 2 and "unknown preset 'densenet122'" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
     proc = parity("--frameworks", "torch,caffe")
-    assert proc.returncode == 2 and "unknown frameworks ['caffe']" in proc.stdout
+    assert proc.returncode == 2 and "unknown framework 'caffe'" in proc.stdout
+    proc = parity("--frameworks", ",")
+    assert (
+        proc.returncode == 2
+        and "no framework named" in proc.stdout
+        and "PARITY OK" not in proc.stdout
+    )
+    proc = parity("--image-size", "0")
+    assert proc.returncode == 2 and "--image-size must be >= 1" in proc.stdout
     proc = parity("--preset", "d2l", "--image-size", "20")
     assert proc.returncode == 2 and "too small" in proc.stdout
     proc = parity("--device", "quantum")
@@ -60,10 +68,16 @@ def test_bad_arguments_give_named_errors_not_tracebacks():
 def test_missing_device_fails_that_framework_by_name(tmp_path, require_envs):
     require_envs("torch")
     out = tmp_path / "gpu.json"
-    proc = parity("--preset", "tiny", "--frameworks", "torch", "--device", "gpu", "--json", str(out))
+    proc = parity(
+        "--preset", "tiny", "--frameworks", "torch", "--device", "gpu", "--json", str(out)
+    )
     assert proc.returncode == 1
     report = json.loads(out.read_text())
     torch = report["frameworks"]["torch"]
-    assert torch["ok"] is False and "DeviceUnavailableError" in torch["error"] and "gpu" in torch["error"]
+    assert (
+        torch["ok"] is False
+        and "DeviceUnavailableError" in torch["error"]
+        and "gpu" in torch["error"]
+    )
     assert "Traceback" not in torch["error"]
     assert "torch did not run" in proc.stdout

@@ -15,20 +15,35 @@ def test_relative_max_error_is_against_the_reference():
 
 
 def test_exact_zero_conv_bias_gradients_use_the_family_scale():
-    ref = {"train_grad/blocks.0.layers.0.conv.bias": np.array([1e-18]), "train_grad/head.fc.weight": np.array([0.5])}
-    got = {"train_grad/blocks.0.layers.0.conv.bias": np.array([-3e-18]), "train_grad/head.fc.weight": np.array([0.5])}
+    ref = {
+        "train_grad/blocks.0.layers.0.conv.bias": np.array([1e-18]),
+        "train_grad/head.fc.weight": np.array([0.5]),
+    }
+    got = {
+        "train_grad/blocks.0.layers.0.conv.bias": np.array([-3e-18]),
+        "train_grad/head.fc.weight": np.array([0.5]),
+    }
     err = rel_errors(got, ref)
     assert err["train_grad/blocks.0.layers.0.conv.bias"] == pytest.approx(4e-18 / 0.5)
 
 
 def test_small_gradients_are_floored_but_large_ones_are_not():
-    ref = {"train_grad/stem.norm.bias": np.array([1e-9]), "train_grad/head.fc.weight": np.array([1.0])}
-    got = {"train_grad/stem.norm.bias": np.array([2e-9]), "train_grad/head.fc.weight": np.array([1.0 + 1e-8])}
+    ref = {
+        "train_grad/stem.norm.bias": np.array([1e-9]),
+        "train_grad/head.fc.weight": np.array([1.0]),
+    }
+    got = {
+        "train_grad/stem.norm.bias": np.array([2e-9]),
+        "train_grad/head.fc.weight": np.array([1.0 + 1e-8]),
+    }
     err = rel_errors(got, ref)
     assert err["train_grad/stem.norm.bias"] == pytest.approx(1e-9 / GRAD_FLOOR)
     assert err["train_grad/head.fc.weight"] == pytest.approx(1e-8)
     # features are never floored: a tiny stage output is held to its own scale
-    assert rel_errors({"eval/stem": np.array([2e-9])}, {"eval/stem": np.array([1e-9])})["eval/stem"] == 1.0
+    assert (
+        rel_errors({"eval/stem": np.array([2e-9])}, {"eval/stem": np.array([1e-9])})["eval/stem"]
+        == 1.0
+    )
 
 
 def test_shape_mismatch_and_missing_keys_fail():
@@ -54,8 +69,13 @@ def test_float32_step_allowance_only_for_exact_zero_gradients():
     from densenet_spec.compare import float32_step_allowance
     from densenet_spec.config import get_preset
 
-    case = make_case(get_preset("tiny"), dtype="float32", image_size=16, steps=2,
-                     sgd=SGDConfig(lr=0.1, momentum=0.5, weight_decay=0.0))
+    case = make_case(
+        get_preset("tiny"),
+        dtype="float32",
+        image_size=16,
+        steps=2,
+        sgd=SGDConfig(lr=0.1, momentum=0.5, weight_decay=0.0),
+    )
     ref = {
         "train_grad/stem.conv.bias": np.array([0.0, 0.0]),
         "train_grad/head.fc.weight": np.array([2.0, -1.0]),
@@ -64,4 +84,68 @@ def test_float32_step_allowance_only_for_exact_zero_gradients():
     allow = float32_step_allowance(case, ref, {})
     assert set(allow) == {"step/stem.conv.bias"}
     # lr * ((1 - m) + (1 - m^2)) / (1 - m) = 0.1 * (1 + 1.5); gradient noise bound 1e-4 x largest 2.0
-    assert allow["step/stem.conv.bias"] == pytest.approx(0.1 * 2.5 * FLOAT32_FLOOR["train_grad"] * 2.0 / 0.5)
+    assert allow["step/stem.conv.bias"] == pytest.approx(
+        0.1 * 2.5 * FLOAT32_FLOOR["train_grad"] * 2.0 / 0.5
+    )
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_float32_multi_step_bounds_cover_another_summation_order(steps):
+    """Issue 17: a float32 implementation that sums in another order (the oracle on the batch
+    permuted: the same mathematics, other rounding) passes the harness's float32 bounds after K
+    steps (bounds grow with K: the oracle's own K-step float32 error and the carried gradient
+    noise), and a failure only in step/ keys names the tensor."""
+    import dataclasses
+
+    from densenet_spec import reference
+    from densenet_spec.case import make_case, result_keys
+    from densenet_spec.compare import add_allowances, compare, float32_step_allowance
+    from densenet_spec.config import get_preset
+    from densenet_spec.harness import ORACLE, PairReport, oracle_results
+
+    case = make_case(
+        get_preset("tiny"),
+        batch=8,
+        image_size=32,
+        steps=steps,
+        dtype="float32",
+        quantities=("grad", "step"),
+    )
+    truth, e32, kinks, _ = oracle_results(case)
+    truth = {k: truth[k] for k in result_keys(case)}
+    allowance = add_allowances(float32_step_allowance(case, truth, e32), kinks)
+    perm = np.random.default_rng(7).permutation(8)
+    other = dataclasses.replace(
+        case,
+        x=case.x[perm],
+        y=case.y[perm],
+        step_x=case.step_x[:, perm],
+        step_y=case.step_y[:, perm],
+    )
+    results, _ = reference.run_case(other)
+    truth = {k: v for k, v in truth.items() if not k.endswith("/input")}  # permuted, like x
+    comps = compare(results, truth, "float32", e32, allowance=allowance)
+    assert all(c.ok for c in comps), [c for c in comps if not c.ok][:5]
+    bias = next(c for c in comps if c.key == "step/stem.conv.bias")
+    assert bias.bound > 10 * bias.error  # the conv-bias rule keeps a margin at every K
+    broken = {**results, "step/stem.conv.bias": results["step/stem.conv.bias"] + 1.0}
+    pair = PairReport("fake", ORACLE, compare(broken, truth, "float32", e32, allowance=allowance))
+    assert pair.first_divergence() == {"step": "stem.conv.bias"}
+
+
+def test_float32_step_allowance_grows_with_the_steps():
+    from densenet_spec.case import make_case
+    from densenet_spec.compare import float32_step_allowance
+    from densenet_spec.config import get_preset
+
+    ref = {
+        "train_grad/stem.conv.bias": np.zeros(2),
+        "train_grad/head.fc.weight": np.ones(2),
+        "step/stem.conv.bias": np.ones(2),
+    }
+    allow = [
+        float32_step_allowance(make_case(get_preset("tiny"), dtype="float32", steps=k), ref, {})
+        for k in (1, 2, 5, 20)
+    ]
+    values = [a["step/stem.conv.bias"] for a in allow]
+    assert values == sorted(values) and values[-1] > 10 * values[0]

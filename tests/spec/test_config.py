@@ -17,7 +17,6 @@ from densenet_spec.params import count_parameters, param_specs, stage_names
 from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS
 
 
-
 @pytest.mark.parametrize("name", PUBLISHED_PARAMETER_COUNTS)
 def test_published_parameter_counts(name):
     assert count_parameters(get_preset(name)) == PUBLISHED_PARAMETER_COUNTS[name]
@@ -97,7 +96,10 @@ def test_canonical_names_for_plain_and_bottleneck_layers():
         ({"bn_running_var": "sample"}, "bn_running_var"),
         ({"in_channels": 2.5}, "in_channels"),
         ({"conv_bias": 1}, "conv_bias"),
-        ({"num_init_features": 1, "growth_rate": 1, "compression": 0.1}, "transition 0 would have 0"),
+        (
+            {"num_init_features": 1, "growth_rate": 1, "compression": 0.1},
+            "transition 0 would have 0",
+        ),
     ],
 )
 def test_invalid_configs_name_the_field(changes, words):
@@ -164,9 +166,13 @@ def test_parameter_table_is_consistent_for_any_config(cfg):
         assert shapes[f"blocks.{i}.layers.0.{first}.weight"][1] == c_in
     # Trainable count: convs + linear + BN gamma/beta.
     by_hand = sum(
-        (s.shape[0] * s.shape[1] * s.shape[2] * s.shape[3]) if len(s.shape) == 4 else
-        (s.shape[0] * s.shape[1]) if len(s.shape) == 2 else s.shape[0]
-        for s in specs if s.trainable
+        (s.shape[0] * s.shape[1] * s.shape[2] * s.shape[3])
+        if len(s.shape) == 4
+        else (s.shape[0] * s.shape[1])
+        if len(s.shape) == 2
+        else s.shape[0]
+        for s in specs
+        if s.trainable
     )
     assert count_parameters(cfg) == by_hand
     m = min_image_size(cfg)
@@ -178,7 +184,13 @@ def test_parameter_table_is_consistent_for_any_config(cfg):
 
 @pytest.mark.parametrize(
     "size, kernel, stride, pads",
-    [(32, 7, 2, (2, 3)), (33, 7, 2, (3, 3)), (16, 3, 2, (0, 1)), (17, 3, 2, (1, 1)), (5, 3, 1, (1, 1))],
+    [
+        (32, 7, 2, (2, 3)),
+        (33, 7, 2, (3, 3)),
+        (16, 3, 2, (0, 1)),
+        (17, 3, 2, (1, 1)),
+        (5, 3, 1, (1, 1)),
+    ],
 )
 def test_same_pads_match_tensorflow_rule(size, kernel, stride, pads):
     """TF's 'same': out = ceil(n / s), total = (out - 1) * s + k - n, the extra pixel after."""

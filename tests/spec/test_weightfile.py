@@ -52,7 +52,9 @@ def test_missing_unexpected_and_misshaped_keys_are_all_listed(tmp_path, params):
     bad["head.extra"] = np.zeros(3)
     bad["stem.conv.weight"] = np.zeros((7, 3, 3, 3))
     path = tmp_path / "bad.safetensors"
-    save_file(bad, str(path), metadata={"format": FORMAT, "format_version": "1", "config": TINY.to_json()})
+    save_file(
+        bad, str(path), metadata={"format": FORMAT, "format_version": "1", "config": TINY.to_json()}
+    )
     with pytest.raises(WeightKeysError) as e:
         load_weights(path)
     err = e.value
