@@ -1,7 +1,9 @@
-"""The two console commands, as installed in the spec environment, start and show their usage."""
+"""The console commands, as installed in the spec environment, start and show their usage."""
 
+import fnmatch
 import subprocess
 import sys
+import tomllib
 from importlib.metadata import distribution
 from pathlib import Path
 
@@ -9,10 +11,15 @@ import pytest
 
 import densenet_envs as envs
 
-SCRIPTS = {"densenet-parity": "densenet_spec.cli:main", "densenet-bench": "benchmarks.cli:main"}
+SCRIPTS = {
+    "densenet-parity": "densenet_spec.cli:main",
+    "densenet-bench": "densenet_bench.cli:main",
+    "densenet-train": "densenet_spec.train_cli:main",
+    "densenet-teach": "densenet_teach.cli:main",
+}
 
 
-def test_the_distribution_declares_both_commands():
+def test_the_distribution_declares_every_command():
     eps = {ep.name: ep.value for ep in distribution("densenet-parity").entry_points
            if ep.group == "console_scripts"}
     assert eps == SCRIPTS
@@ -29,9 +36,14 @@ def test_console_script_runs(name):
 
 
 def test_project_packages_are_the_ones_pyproject_installs():
-    assert envs.project_packages() == sorted(
-        ["benchmarks", "densenet_spec", "densenet_torch", "densenet_jax", "densenet_tf", "densenet_mx"]
-    )
+    pyproject = tomllib.loads((envs.ROOT / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = envs.project_packages()
+    assert {"densenet_spec", "densenet_envs", "densenet_bench", "densenet_teach"} <= set(packages)
+    for framework in envs.FRAMEWORKS.values():
+        assert framework.package in packages
+    missed = [p for p in packages if not any(fnmatch.fnmatch(p, pat) for pat in include)]
+    assert not missed, f"top-level packages that pyproject.toml does not install: {missed}"
 
 
 def test_spec_stamp_changes_when_a_package_is_added(monkeypatch):
