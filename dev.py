@@ -4,6 +4,8 @@
     python3 dev.py parity [densenet-parity options]   build the environments, run the parity report
     python3 dev.py test [pytest options]              build the environments, run the whole test suite
     python3 dev.py bench [densenet-bench options]     build the environments, run the benchmarks
+    python3 dev.py train [densenet-train options]     build the environments, train on real data
+    python3 dev.py teach [densenet-teach options]     parity runs, then the side-by-side teaching page
     python3 dev.py envs [spec torch jax tf mx]        only build (or reuse) environments
 
 Each framework gets its own virtual environment under .venvs/ (MXNet 1.9.1 needs numpy<1.24, JAX and
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 import densenet_envs as envs  # noqa: E402  (standard library only)
+from densenet_envs import browser  # noqa: E402
 from densenet_spec.frameworks import FRAMEWORKS  # noqa: E402  (standard library only)
 
 # Which environment runs which tests: framework tests import their framework, the spec and
@@ -53,7 +56,46 @@ def parity(argv) -> int:
 
 def bench(argv) -> int:
     python = envs.ensure_env("spec")
-    return _run(python, ["-m", "benchmarks.cli", *argv], "spec")
+    return _run(python, ["-m", "densenet_bench.cli", *argv], "spec")
+
+
+def train(argv) -> int:
+    python = envs.ensure_env("spec")
+    return _run(python, ["-m", "densenet_spec.train_cli", *argv], "spec")
+
+
+def teach(argv) -> int:
+    """Parity runs (float64, float32) of d2l and tiny (which has the bottleneck layer), then the
+    side-by-side page in reports/teach/index.html."""
+    python = envs.ensure_env("spec")
+    envs.ensure_envs(FRAMEWORKS)
+    runs = ROOT / "reports" / "teach-runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    jsons = []
+    for preset in ("d2l", "tiny"):
+        for dtype in ("float64", "float32"):
+            path = runs / f"parity-{preset}-{dtype}.json"
+            # a failing run still writes its JSON; the page shows what failed
+            _run(
+                python,
+                [
+                    "-m",
+                    "densenet_spec.cli",
+                    "--no-setup",
+                    "--preset",
+                    preset,
+                    "--dtype",
+                    dtype,
+                    "--json",
+                    str(path),
+                ],
+                "spec",
+            )
+            if path.exists():
+                jsons += ["--parity", str(path)]
+    return _run(
+        python, ["-m", "densenet_teach.cli", "--out", "reports/teach", *jsons, *argv], "spec"
+    )
 
 
 def _junit_counts(path: Path) -> dict:
@@ -84,6 +126,8 @@ def lint(python) -> list[str]:
 def test(argv) -> int:
     start = time.time()
     pythons = envs.ensure_envs(SUITES)
+    # the teaching page's browser test: Debian's Chromium (installed when running as root)
+    browser.ensure_chromium(log=lambda m: print(f"[dev] {m}", flush=True))
     print(f"[dev] environments ready in {time.time() - start:.0f} s", flush=True)
     totals = {"passed": 0, "failed": 0, "skipped": 0}
     broken = lint(pythons["spec"])
@@ -95,8 +139,13 @@ def test(argv) -> int:
                 continue
             xml = Path(tmp) / f"{name}.xml"
             t0 = time.time()
-            print(f"\n[dev] ===== {name} tests ({', '.join(paths)}) in .venvs/{name} =====", flush=True)
-            rc = _run(pythons[name], ["-m", "pytest", "-q", f"--junitxml={xml}", *paths, *argv], name)
+            print(
+                f"\n[dev] ===== {name} tests ({', '.join(paths)}) in .venvs/{name} =====",
+                flush=True,
+            )
+            rc = _run(
+                pythons[name], ["-m", "pytest", "-q", f"--junitxml={xml}", *paths, *argv], name
+            )
             counts = _junit_counts(xml)
             print(f"[dev] {name}: {counts} in {time.time() - t0:.0f} s (exit {rc})", flush=True)
             for k in totals:
@@ -106,24 +155,30 @@ def test(argv) -> int:
     print(f"\n[dev] whole suite took {time.time() - start:.0f} s")
     if broken:
         print("[dev] failing suites: " + "; ".join(broken))
-    print(f"total: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
+    print(
+        f"total: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped"
+    )
     return 1 if broken or totals["failed"] else 0
 
 
 def main(argv) -> int:
-    if not argv or argv[0] not in ("parity", "test", "bench", "envs"):
+    commands = {"parity": parity, "test": test, "bench": bench, "train": train, "teach": teach}
+    if not argv or (argv[0] not in commands and argv[0] != "envs"):
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
     if command == "envs":
         unknown = [n for n in rest if n not in envs.ENVIRONMENTS and n not in FRAMEWORKS]
         if unknown:
-            print(f"dev.py envs: unknown environment {', '.join(unknown)}; "
-                  f"known: {', '.join(envs.ENVIRONMENTS)}", file=sys.stderr)
+            print(
+                f"dev.py envs: unknown environment {', '.join(unknown)}; "
+                f"known: {', '.join(envs.ENVIRONMENTS)}",
+                file=sys.stderr,
+            )
             return 2
         envs.ensure_envs(rest or envs.ENVIRONMENTS)
         return 0
-    return {"parity": parity, "test": test, "bench": bench}[command](rest)
+    return commands[command](rest)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ def requirements_file(name: str) -> Path:
         name = FRAMEWORKS[name].requirements
     path = ROOT / "requirements" / f"{name}.txt"
     if name not in ENVIRONMENTS and not (name.startswith("bench-") and path.exists()):
-        raise EnvironmentSetupError(f"unknown environment {name!r}; known: {', '.join(ENVIRONMENTS)}")
+        raise EnvironmentSetupError(
+            f"unknown environment {name!r}; known: {', '.join(ENVIRONMENTS)}"
+        )
     return path
 
 
@@ -87,8 +89,17 @@ def ensure_env(name: str, log=print) -> Path:
     ]
     if name == "spec":
         steps.append(
-            [str(env_python(name)), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-             "-e", str(ROOT)]
+            [
+                str(env_python(name)),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "-e",
+                str(ROOT),
+            ]
         )
     for cmd in steps:
         proc = subprocess.run(cmd, capture_output=True, text=True)

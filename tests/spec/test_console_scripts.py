@@ -20,8 +20,11 @@ SCRIPTS = {
 
 
 def test_the_distribution_declares_every_command():
-    eps = {ep.name: ep.value for ep in distribution("densenet-parity").entry_points
-           if ep.group == "console_scripts"}
+    eps = {
+        ep.name: ep.value
+        for ep in distribution("densenet-parity").entry_points
+        if ep.group == "console_scripts"
+    }
     assert eps == SCRIPTS
 
 
@@ -29,8 +32,9 @@ def test_the_distribution_declares_every_command():
 def test_console_script_runs(name):
     script = Path(sys.executable).parent / name
     assert script.exists(), f"{script} is not installed"
-    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd="/",
-                          timeout=120)
+    proc = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, cwd="/", timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(f"usage: {name}"), proc.stdout[:200]
 

@@ -80,9 +80,13 @@ def private_attribute_uses(source: str) -> list[str]:
             if isinstance(base, ast.Call) and getattr(base.func, "id", "") == "super":
                 continue
             found.append(f"line {node.lineno}: .{node.attr}")
-        if isinstance(node, ast.ImportFrom) and node.module and (
-            any(part.startswith("_") for part in node.module.split("."))
-            or ".python." in f".{node.module}."
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and (
+                any(part.startswith("_") for part in node.module.split("."))
+                or ".python." in f".{node.module}."
+            )
         ):
             found.append(f"line {node.lineno}: from {node.module}")
     return found
@@ -93,13 +97,17 @@ def private_attribute_uses(source: str) -> list[str]:
 def test_public_names_and_order_follow_the_contract(package, filename):
     path = ROOT / package / filename
     assert path.exists(), f"{package}/{filename} is missing"
-    assert public_defs(path) == CONTRACT[filename], f"{package}/{filename} drifted from the contract"
+    assert public_defs(path) == CONTRACT[filename], (
+        f"{package}/{filename} drifted from the contract"
+    )
 
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_teaching_files_fit_the_line_budget(package):
     lines = sum(
-        1 for f in TEACHING_FILES for line in (ROOT / package / f).read_text().splitlines()
+        1
+        for f in TEACHING_FILES
+        for line in (ROOT / package / f).read_text().splitlines()
         if line.strip()
     )
     assert lines <= LINE_BUDGET, f"{package}: layers.py + model.py have {lines} non-blank lines"
@@ -116,7 +124,9 @@ def test_teaching_files_hold_no_machinery(package, filename):
         for m in [re.search(pattern, code, re.MULTILINE)]
         if m
     ]
-    found += [f"a private attribute of another library ({u})" for u in private_attribute_uses(source)]
+    found += [
+        f"a private attribute of another library ({u})" for u in private_attribute_uses(source)
+    ]
     assert not found, f"{package}/{filename} holds machinery for a sibling module: {found}"
 
 
