@@ -6,15 +6,15 @@ code hybridized or not. autograd.record() is train mode; outside it the model is
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
-import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, nd
 
+from densenet_mx.canonical import parameters
+from densenet_mx.sgd import SpecSGD
 from densenet_spec.case import SGDConfig
 from densenet_spec.params import trainable_names
-from densenet_mx.weights import _parameters
 
 _cross_entropy = gluon.loss.SoftmaxCrossEntropyLoss()  # per-example loss, integer labels
 
@@ -24,35 +24,6 @@ def loss_fn(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:
     return _cross_entropy(logits, labels).mean()
 
 
-class _SGD(mx.optimizer.SGD):
-    """MXNet's SGD with momentum: mom = momentum * mom - lr * (g + wd * w); w += mom.
-
-    float32 weights take optimizer "sgd"'s own path: the fused multi_sgd_mom_update kernel, 4
-    tensors a call (MXNET_OPTIMIZER_AGGREGATION_SIZE; more is slower on CPU: each call loops
-    over its largest tensor's length for every tensor). Its lr, momentum and wd are C floats,
-    as float32 arithmetic would round them anyway.
-    parity: float64 weights update in NDArray arithmetic instead. In the fused kernels 0.05
-    becomes 0.050000001: every float64 update would be off by 1e-8 relative, which the float64
-    step tolerance (1e-9) sees after two steps. NDArray arithmetic with Python scalars computes
-    in double, exact to the weights' dtype.
-    """
-
-    def update_multi_precision(self, index, weight, grad, state):
-        if not isinstance(index, (list, tuple)):
-            index, weight, grad, state = [index], [weight], [grad], [state]
-        if weight[0].dtype != np.float64:  # the Updater passes one dtype at a time
-            return super().update_multi_precision(index, weight, grad, state)
-        self._update_count(index)
-        for w, g, mom, lr, wd in zip(weight, grad, state, self._get_lrs(index),
-                                     self._get_wds(index)):
-            step = lr * (self.rescale_grad * g + wd * w)
-            if mom is None:  # momentum 0: SGD keeps no state
-                w[:] -= step
-            else:
-                mom[:] = self.momentum * mom - step
-                w[:] += mom
-
-
 def make_optimizer(model: gluon.Block, sgd: SGDConfig) -> gluon.Trainer:
     """A Trainer with MXNet's SGD rule: mom = momentum * mom - lr * (g + wd * w); w += mom.
 
@@ -60,18 +31,18 @@ def make_optimizer(model: gluon.Block, sgd: SGDConfig) -> gluon.Trainer:
     w -= lr * buf) with mom = -lr * buf. Every Gluon Parameter has wd_mult 1, BN gamma and beta
     included (the Trainer hands the optimizer its Parameters, so the optimizer's name-based
     default of no decay for names not ending in "_weight"/"_gamma" does not apply): weight decay
-    reaches every trainable tensor.
+    reaches every trainable tensor. float64 weights update in double (sgd.SpecSGD).
     """
-    optimizer = _SGD(momentum=sgd.momentum, learning_rate=sgd.lr, wd=sgd.weight_decay)
-    # Sorted by size: a fused call loops over its largest tensor's length for each of its 4
-    # tensors, so groups of like sizes update DenseNet-121 ~10% faster than model order.
+    optimizer = SpecSGD(momentum=sgd.momentum, learning_rate=sgd.lr, wd=sgd.weight_decay)
+    # Sorted by size: a fused float32 update loops over its largest tensor's length for each of
+    # its tensors, so groups of like sizes update faster than model order.
     params = sorted(model.collect_params().values(), key=lambda p: int(np.prod(p.shape)))
     return gluon.Trainer(params, optimizer, kvstore=None)  # one device: no kvstore
 
 
 def train_step(model: gluon.Block, trainer: gluon.Trainer, x, y) -> nd.NDArray:
     """Forward in train mode, backward, one SGD update; running stats updated once."""
-    with model.running_stats_correction(x.shape):  # parity: the spec's update
+    with _running_stats_update(model, x.shape):
         with autograd.record():
             loss = loss_fn(model(x), y)
         loss.backward()  # MXNet's CPU BatchNorm updates its running statistics here
@@ -94,15 +65,20 @@ def gradients(model: gluon.Block, x, y, training: bool):
     MXNet 1.9 on CPU with oneDNN (MKLDNN) computes the max-pool gradient wrongly when the forward
     ran in eval mode (autograd.record(train_mode=False)); the eval-mode input gradient of an
     "imagenet" stem in float32 is then wrong. Run with MXNET_MKLDNN_ENABLED=0 in the environment
-    before the first MXNet operator runs (worker.environment does).
+    before the first MXNet operator runs (adapter.environment does).
     """
     x = x.copy()
     x.attach_grad()
-    correction = model.running_stats_correction(x.shape) if training else nullcontext()
-    with correction:
+    with _running_stats_update(model, x.shape) if training else nullcontext():
         with autograd.record(train_mode=training):
             loss = loss_fn(model(x), y)
         loss.backward(train_mode=training)  # parity: backward defaults to train mode (BN's formula)
-    params = _parameters(model)
+    params = parameters(model)
     grads = {name: params[name].grad() for name in trainable_names(model.config)}
     return loss, x.grad, grads
+
+
+def _running_stats_update(model: gluon.Block, input_shape) -> AbstractContextManager:
+    """parity: the spec's running-statistic update around forward and backward
+    (running_stats.py), or MXNet's own rule for a model built with running_stats=None."""
+    return model.running_stats(input_shape) if model.running_stats else nullcontext()

@@ -1,5 +1,5 @@
 """The MXNet Gluon DenseNet's structure: parameter counts, canonical names, stages, input checks,
-weight files and named errors."""
+weight files, named errors, and the variants make_model builds."""
 
 import pytest
 
@@ -8,12 +8,25 @@ mx = pytest.importorskip("mxnet")
 import numpy as np  # noqa: E402
 from mxnet import autograd, nd  # noqa: E402
 
+from densenet_mx import DenseNet, make_model  # noqa: E402
+from densenet_mx.adapter import environment  # noqa: E402
+from densenet_mx.layers import batch_norm  # noqa: E402
+from densenet_mx.running_stats import RunningStatsCorrection  # noqa: E402
+from densenet_mx.train import gradients  # noqa: E402
+from densenet_mx.variants import FAST_HYBRIDIZE  # noqa: E402
+from densenet_mx.weights import (  # noqa: E402
+    from_canonical,
+    load_weights,
+    save_weights,
+    to_canonical,
+)
 from densenet_spec import weightfile  # noqa: E402
 from densenet_spec.config import PRESETS, get_preset, min_image_size, spatial_sizes  # noqa: E402
 from densenet_spec.errors import (  # noqa: E402
     ConfigMismatchError,
     DeviceUnavailableError,
     InputShapeError,
+    UnknownVariantError,
     WeightDtypeError,
     WeightKeysError,
 )
@@ -24,17 +37,6 @@ from densenet_spec.params import (  # noqa: E402
     stage_names,
 )
 from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
-from densenet_mx import DenseNet  # noqa: E402
-from densenet_mx.layers import batch_norm  # noqa: E402
-from densenet_mx.train import gradients  # noqa: E402
-from densenet_mx.weights import (  # noqa: E402
-    from_canonical,
-    load_weights,
-    save_weights,
-    to_canonical,
-)
-from densenet_mx.worker import environment  # noqa: E402
-
 
 VARIANTS = {
     "tiny": get_preset("tiny"),
@@ -82,12 +84,12 @@ def test_to_canonical_names_and_shapes(name):
 
 @pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_forward_features_stages_and_shapes(name, hybridize):
+def test_stage_outputs_and_shapes(name, hybridize):
     config = VARIANTS[name]
     size = max(min_image_size(config), 8)
     x = nd.array(np.random.default_rng(0).standard_normal((2, config.in_channels, size, size)))
     model = _model(config, "float32", hybridize)
-    features = model.forward_features(x)
+    features = model.stage_outputs(x)
     logits = model(x)
     assert list(features) == stage_names(config)
     for stage, hw in spatial_sizes(config, size, size).items():
@@ -123,14 +125,50 @@ def test_every_parameter_gets_a_gradient():
 def test_batch_norm_settings_follow_config():
     config = get_preset("tiny").replace(bn_eps=1e-3, bn_momentum=0.01)
     bn = batch_norm(4, config)
-    assert bn._kwargs["eps"] == 1e-3
-    assert bn._kwargs["momentum"] == pytest.approx(0.99)  # Gluon: weight of the old statistic
+    attrs = bn(mx.sym.var("x")).list_attr()  # the operator's settings, read off its symbol
+    assert float(attrs["eps"]) == 1e-3
+    assert float(attrs["momentum"]) == pytest.approx(0.99)  # Gluon: weight of the old statistic
     assert bn.gamma.shape == (4,)  # explicit in_channels
 
 
-def test_memory_efficient_is_not_available():
+@pytest.mark.parametrize("variant", ["plain", "fast"])
+def test_memory_efficient_is_not_available(variant):
     with pytest.raises(NotImplementedError, match="MXNET_BACKWARD_DO_MIRROR"):
         DenseNet(get_preset("tiny"), memory_efficient=True)
+    with pytest.raises(NotImplementedError, match="MXNET_BACKWARD_DO_MIRROR"):
+        make_model(get_preset("tiny"), variant, memory_efficient=True)
+
+
+def test_make_model_plain_is_the_teaching_model():
+    """plain: DenseNet(config) initialized in the dtype, imperative, the spec's running-statistic
+    rule injected by default (DenseNet(config) alone passes parity)."""
+    config = get_preset("tiny")
+    model = make_model(config, dtype="float64")
+    assert type(model) is DenseNet
+    assert isinstance(model.running_stats, RunningStatsCorrection)
+    assert {np.dtype(p.dtype) for p in model.collect_params().values()} == {np.dtype("float64")}
+    assert not hasattr(model.stem, "pad")  # the adapter's self-check mutation adds one
+    assert isinstance(DenseNet(config).running_stats, RunningStatsCorrection)
+    assert DenseNet(config, running_stats=None).running_stats is None  # MXNet's own rule
+
+
+def test_make_model_fast_is_hybridized_statically_and_computes_the_same_logits(tmp_path):
+    config = get_preset("tiny")
+    params = init_params(config, seed=3, dtype=np.float32, randomize_bn=True)
+    plain, fast = make_model(config), make_model(config, "fast")
+    assert FAST_HYBRIDIZE == {"static_alloc": True, "static_shape": True}
+    x = nd.array(np.random.default_rng(0).standard_normal((2, 3, 32, 32)))
+    for model in (plain, fast):
+        from_canonical(model, params)
+    np.testing.assert_array_equal(fast(x).asnumpy(), plain(x).asnumpy())
+    fast.export(str(tmp_path / "fast"))  # export needs a hybridized block's traced graph
+    with pytest.raises(RuntimeError, match="hybridize"):
+        plain.export(str(tmp_path / "plain"))
+
+
+def test_make_model_refuses_an_unknown_variant():
+    with pytest.raises(UnknownVariantError, match="unknown variant 'fastest'; known: plain, fast"):
+        make_model(get_preset("tiny"), "fastest")
 
 
 @pytest.mark.parametrize(
@@ -149,7 +187,7 @@ def test_bad_input_raises_input_shape_error(shape, training, match):
         with pytest.raises(InputShapeError, match=match):
             model(x)
         with pytest.raises(InputShapeError, match=match):
-            model.forward_features(x)
+            model.stage_outputs(x)
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):

@@ -1,20 +1,21 @@
 """MXNet 1.9.1 behaviours that silently break parity, each shown and then shown handled.
 
 - oneDNN (MKLDNN) max-pool backward after an eval-mode forward: wrong input gradients (float32,
-  CPU). The worker sets MXNET_MKLDNN_ENABLED=0 before the first operator runs.
+  CPU). The adapter (environment()) sets MXNET_MKLDNN_ENABLED=0 before the first operator runs.
 - backward() runs train-mode kernels unless told otherwise: BatchNorm's eval-mode gradient
   needs backward(train_mode=False).
 - BatchNorm's CPU kernel updates running statistics in backward, with the biased variance and a
-  float32 momentum; layers._RunningStatsCorrection makes the spec's update from it.
-- The fused SGD kernel takes lr / momentum / wd as float32; train._SGD updates float64 weights
+  float32 momentum; running_stats.RunningStatsCorrection (injected into DenseNet by default)
+  makes the spec's update from it.
+- The fused SGD kernel takes lr / momentum / wd as float32; sgd.SpecSGD updates float64 weights
   in double (float32 weights: the fused kernel).
 """
 
+import functools
 import json
 import os
 import subprocess
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -24,14 +25,19 @@ mx = pytest.importorskip("mxnet")
 import numpy as np  # noqa: E402
 from mxnet import autograd, gluon, nd  # noqa: E402
 
+from densenet_mx import DenseNet  # noqa: E402
+from densenet_mx.running_stats import (  # noqa: E402
+    RunningStatsCorrection,
+    scale_each,
+    scale_in_one_call,
+)
+from densenet_mx.sgd import SpecSGD  # noqa: E402
+from densenet_mx.train import gradients, make_optimizer, train_step  # noqa: E402
+from densenet_mx.weights import from_canonical, to_canonical  # noqa: E402
 from densenet_spec import reference  # noqa: E402
 from densenet_spec.case import SGDConfig, make_case, read_results, write_case  # noqa: E402
 from densenet_spec.compare import rel_errors  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
-from densenet_mx import DenseNet  # noqa: E402
-from densenet_mx.layers import _scale_in_place  # noqa: E402
-from densenet_mx.train import _SGD, gradients, make_optimizer, train_step  # noqa: E402
-from densenet_mx.weights import from_canonical, to_canonical  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +53,7 @@ from densenet_spec.config import get_preset
 from densenet_mx import DenseNet
 from densenet_mx.train import gradients
 from densenet_mx.weights import from_canonical
-from densenet_mx.worker import _max_pool_eval_grad_is_correct
+from densenet_mx.precision import max_pool_eval_grad_is_correct
 
 case = make_case(get_preset("tiny"), image_size=32, dtype="float32", quantities=("grad",))
 model = DenseNet(case.config)
@@ -57,15 +63,26 @@ from_canonical(model, case.params)
 _, grad_input, _ = gradients(model, nd.array(case.x), nd.array(case.y, dtype="int64"), False)
 oracle = reference.run_case(case)[0]
 error = rel_errors({"eval_grad/input": grad_input.asnumpy()}, oracle)["eval_grad/input"]
-print(json.dumps({"probe_correct": _max_pool_eval_grad_is_correct(), "error": error}))
+print(json.dumps({"probe_correct": max_pool_eval_grad_is_correct(), "error": error}))
 """
 
 
 def _run(args, onednn: str, **kwargs):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MXNET_MKLDNN_ENABLED=onednn,
-               MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0")
-    return subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, check=True, **kwargs)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        MXNET_MKLDNN_ENABLED=onednn,
+        MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0",
+    )
+    return subprocess.run(
+        [sys.executable, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        **kwargs,
+    )
 
 
 @pytest.mark.skipif(not mx.runtime.Features().is_enabled("MKLDNN"), reason="no oneDNN in build")
@@ -83,13 +100,22 @@ def test_onednn_max_pool_eval_gradient_is_wrong_and_disabling_it_fixes_it():
 
 
 def test_worker_entry_point_disables_onednn_and_gets_the_eval_gradient_right(tmp_path):
-    """The harness's path, started with oneDNN requested: the worker turns it off first."""
+    """The harness's path, started with oneDNN requested: the adapter turns it off first."""
     case = make_case(get_preset("tiny"), image_size=32, dtype="float32", quantities=("grad",))
     write_case(case, tmp_path / "case")
-    _run(["-m", "densenet_spec.worker", "mx", str(tmp_path / "case"), str(tmp_path / "r.st")], "1")
+    _run(
+        [
+            "-m",
+            "densenet_spec.worker",
+            "densenet_mx",
+            str(tmp_path / "case"),
+            str(tmp_path / "r.st"),
+        ],
+        "1",
+    )
     results, info = read_results(tmp_path / "r.st")
     assert info["precision"] == {"MXNET_MKLDNN_ENABLED": "0", "max_pool_eval_grad_correct": True}
-    assert info["framework"] == "mx" and info["hybridize"] is True
+    assert info["package"] == "densenet_mx" and info["hybridize"] is True
     error = rel_errors(results, reference.run_case(case)[0])["eval_grad/input"]
     assert error < 1e-5
 
@@ -119,9 +145,9 @@ def test_eval_mode_gradient_needs_backward_in_eval_mode():
     assert errors[False] < 1e-14  # what densenet_mx.train.gradients does
 
 
-def _tiny(config, dtype="float64"):
+def _tiny(config, dtype="float64", **kwargs):
     case = make_case(config, image_size=16, dtype=dtype, steps=1)
-    model = DenseNet(config)
+    model = DenseNet(config, **kwargs)
     model.initialize()
     model.cast(dtype)
     model.hybridize()
@@ -145,7 +171,7 @@ def test_running_stats_change_only_in_a_train_step_with_backward():
     model(x)
     gradients(model, x, y, training=False)
     with autograd.train_mode():
-        model.forward_features(x)
+        model.stage_outputs(x)
     with autograd.record():
         model(x)
     after = _running(to_canonical(model))
@@ -165,33 +191,48 @@ def test_running_stats_follow_the_spec_once_per_step(config):
     momentum is a float32: 0.9 -> 0.89999998)."""
     case, model, x, y = _tiny(config)
     oracle = reference.run_case(case)[0]
-    want = {k[len("step/"):]: v for k, v in oracle.items() if "running_" in k}
+    want = {k[len("step/") :]: v for k, v in oracle.items() if "running_" in k}
 
     gradients(model, x, y, training=True)  # a train-mode backward without the SGD update
     assert max(rel_errors(_running(to_canonical(model)), want).values()) < 1e-13
 
     from_canonical(model, case.params)
-    model.running_stats_correction = lambda shape: nullcontext()  # MXNet's kernel alone
-    gradients(model, x, y, training=True)
-    kernel_error = max(rel_errors(_running(to_canonical(model)), want).values())
-    assert kernel_error > 1e-8
-
-    del model.running_stats_correction
-    from_canonical(model, case.params)
     train_step(model, make_optimizer(model, case.sgd), x, y)
     assert max(rel_errors(_running(to_canonical(model)), want).values()) < 1e-13
+
+    _, kernel_only, x, y = _tiny(config, running_stats=None)  # MXNet's kernel alone
+    gradients(kernel_only, x, y, training=True)
+    kernel_error = max(rel_errors(_running(to_canonical(kernel_only)), want).values())
+    assert kernel_error > 1e-8
+
+
+def test_the_fast_scaling_gives_the_spec_update_too():
+    """The fast variant's one-call scaling injected: the same statistics as the plain one."""
+    config = get_preset("tiny")
+    fast = functools.partial(RunningStatsCorrection, scale=scale_in_one_call)
+    results = []
+    for running_stats in (RunningStatsCorrection, fast):
+        case, model, x, y = _tiny(config, running_stats=running_stats)
+        train_step(model, make_optimizer(model, case.sgd), x, y)
+        results.append(_running(to_canonical(model)))
+    for k in results[0]:
+        np.testing.assert_array_equal(results[1][k], results[0][k], err_msg=k)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_scaling_in_one_call_equals_one_op_per_array(dtype):
-    """The correction's batched in-place scaling gives the numbers of `stat *= factor`."""
+    """The fast variant's batched in-place scaling gives the numbers of `stat *= factor`."""
     rng = np.random.default_rng(0)
-    stats = [nd.array(rng.uniform(-3, 3, 37), dtype=dtype) for _ in range(50)]
+    values = [rng.uniform(-3, 3, 37) for _ in range(50)]
     factors = [float(f) for f in rng.uniform(0.5, 2, 50)]
-    want = [(stat * f).asnumpy() for stat, f in zip(stats, factors)]
-    _scale_in_place(list(zip(stats, factors)))
-    for stat, w in zip(stats, want):
-        np.testing.assert_array_equal(stat.asnumpy(), w)
+    scaled = []
+    for scale in (scale_each, scale_in_one_call):
+        stats = [nd.array(v, dtype=dtype) for v in values]
+        scale(list(zip(stats, factors)))
+        scaled.append([stat.asnumpy() for stat in stats])
+    for each, one_call, v, f in zip(*scaled, values, factors):
+        np.testing.assert_array_equal(one_call, each)
+        np.testing.assert_array_equal(each, (nd.array(v, dtype=dtype) * f).asnumpy())
 
 
 def test_running_stats_are_restored_when_the_step_fails():
@@ -199,7 +240,7 @@ def test_running_stats_are_restored_when_the_step_fails():
     case, model, x, y = _tiny(get_preset("tiny"))
     before = _running(to_canonical(model))
     with pytest.raises(RuntimeError, match="failed forward"):
-        with model.running_stats_correction(x.shape):
+        with model.running_stats(x.shape):
             raise RuntimeError("failed forward")
     assert max(rel_errors(_running(to_canonical(model)), before).values()) < 1e-15
 
@@ -226,7 +267,7 @@ def test_sgd_updates_in_double_unlike_the_fused_kernel():
         return float(np.abs(param.data().asnumpy() - want["w"]).max() / np.abs(want["w"]).max())
 
     fused = mx.optimizer.SGD(learning_rate=sgd.lr, momentum=sgd.momentum, wd=sgd.weight_decay)
-    ours = _SGD(momentum=sgd.momentum, learning_rate=sgd.lr, wd=sgd.weight_decay)
+    ours = SpecSGD(momentum=sgd.momentum, learning_rate=sgd.lr, wd=sgd.weight_decay)
     assert run(fused) > 1e-10
     assert run(ours) < 1e-14
 
@@ -254,7 +295,7 @@ def test_sgd_on_float32_weights_is_the_fused_kernel():
         return [param.data().asnumpy() for param in params]
 
     fused = mx.optimizer.SGD(learning_rate=sgd.lr, momentum=sgd.momentum, wd=sgd.weight_decay)
-    ours = _SGD(momentum=sgd.momentum, learning_rate=sgd.lr, wd=sgd.weight_decay)
+    ours = SpecSGD(momentum=sgd.momentum, learning_rate=sgd.lr, wd=sgd.weight_decay)
     assert len(shapes) > ours.aggregate_num > 1
     for got, want in zip(run(ours), run(fused)):
         np.testing.assert_array_equal(got, want)
