@@ -341,3 +341,49 @@ def check_input_shape(
                 "train-mode BatchNorm needs more than one value per channel: batch "
                 f"{n} at {h}x{w} pools down to {n * smallest}; use a larger batch or image"
             )
+
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+def check_float_dtype(dtype, what: str = "model") -> str:
+    """The dtype's name if it is float32 or float64, else DTypeError naming it (before any
+    framework initialises anything with it)."""
+    import numpy as np
+
+    from densenet_spec.errors import DTypeError
+
+    text = str(dtype)
+    if text.startswith("torch."):
+        name = text[len("torch.") :]
+    else:
+        try:
+            name = np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).name
+        except TypeError:
+            name = getattr(dtype, "name", None) or text
+    if name not in FLOAT_DTYPES:
+        raise DTypeError(f"{what} dtype must be float32 or float64, got {name}")
+    return name
+
+
+def check_labels(config: DenseNetConfig, labels, batch: int) -> None:
+    """Training labels: integer class indices, one per image, in 0 .. num_classes - 1.
+
+    Works on anything with .shape and .dtype that converts with numpy.asarray (every framework's
+    tensors do); call it before the forward pass so a bad batch changes nothing."""
+    import numpy as np
+
+    from densenet_spec.errors import LabelError
+
+    shape = tuple(getattr(labels, "shape", ()))
+    kind = np.dtype(str(getattr(labels, "dtype", "object")).replace("torch.", "")).kind
+    if kind not in "iu":
+        raise LabelError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if len(shape) != 1 or shape[0] != batch:
+        raise LabelError(f"labels must have shape ({batch},), one per image, got {shape}")
+    values = np.asarray(labels)
+    if values.size and (values.min() < 0 or values.max() >= config.num_classes):
+        bad = values[(values < 0) | (values >= config.num_classes)]
+        raise LabelError(
+            f"labels must be in 0..{config.num_classes - 1}, got {sorted(set(bad.tolist()))[:5]}"
+        )

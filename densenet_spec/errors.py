@@ -142,3 +142,11 @@ class UsageError(DenseNetError, ValueError):
 
 class WorkerResultError(DenseNetError, ValueError):
     """A framework worker's result file is missing, unreadable, incomplete or mis-shaped."""
+
+
+class LabelError(DenseNetError, ValueError):
+    """Training labels that are not integer class indices in range, one per image."""
+
+
+class DTypeError(DenseNetError, TypeError):
+    """A model or input dtype the spec does not run in (float32 and float64 only)."""
