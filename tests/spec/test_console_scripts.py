@@ -16,6 +16,7 @@ SCRIPTS = {
     "densenet-bench": "densenet_bench.cli:main",
     "densenet-train": "densenet_spec.train_cli:main",
     "densenet-teach": "densenet_teach.cli:main",
+    "densenet-convert": "densenet_convert.cli:main",
 }
 
 

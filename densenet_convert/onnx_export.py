@@ -1,0 +1,135 @@
+"""ONNX export of our PyTorch DenseNet (eval mode), run in onnxruntime, with the graph checked.
+
+An export is where silent differences hide: a converter may write asymmetric 'same' padding
+(TF's (2, 3) for the 7x7/2 stem on even sizes, where the spec pads (3, 3)) or fold a BatchNorm
+into the convolution before it (the stem's conv -> BN), dropping its epsilon. check_graph reads
+the exported graph back and names each such difference; the logits are compared with the oracle
+by the caller (tests/torch/convert/test_onnx_export.py; the harness's onnx target later).
+
+    path = export_onnx(model, config, "densenet.onnx", image_size=64)
+    check_graph("densenet.onnx", config)          # raises OnnxGraphError on a difference
+    logits = run_onnxruntime("densenet.onnx", x)  # x: NCHW float32
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from densenet_convert.errors import ConvertError
+from densenet_spec.config import DenseNetConfig
+from densenet_spec.params import param_specs
+
+OPSET = 18  # torch.onnx's dynamo exporter's default; BatchNormalization-15, Conv-11, Pad-18
+
+
+class OnnxGraphError(ConvertError):
+    """The exported graph differs from the spec (padding, BatchNorm epsilon or count)."""
+
+
+def export_onnx(
+    model,
+    config: DenseNetConfig,
+    path,
+    *,
+    image_size: int,
+    batch: int = 1,
+    optimize: bool = False,
+) -> Path:
+    """torch.onnx.export (dynamo exporter, opset OPSET) of `model` in eval mode, atomically.
+
+    The shapes are fixed at export (check_input_shape runs once, on the example). optimize=False:
+    torch.onnx's graph optimizer (optimize=True, its default) folds every BatchNorm that follows
+    a convolution (the stem's, each bottleneck's norm2) into that convolution's weights, so the
+    graph no longer shows their epsilon; check_graph then reports them missing."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    example = torch.zeros(
+        batch, config.in_channels, image_size, image_size, dtype=next(model.parameters()).dtype
+    )
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["logits"],
+            external_data=False,
+            optimize=optimize,
+        )
+        program.save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _attributes(node) -> dict:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def check_graph(path, config: DenseNetConfig) -> dict:
+    """The exported graph's padding, pooling and BatchNorm against the spec.
+
+    Every Conv and MaxPool must pad symmetrically by (kernel - 1) // 2 (7x7: 3, 3x3: 1, 1x1: 0;
+    explicit pads, no auto_pad), AveragePool (transitions) must not pad, and there must be one
+    BatchNormalization per BN of the spec, each with the config's epsilon. Returns a summary
+    (opset, node counts, epsilons) for the report; raises OnnxGraphError naming each difference.
+    """
+    import onnx
+
+    graph_model = onnx.load(str(path))
+    opset = next(o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx"))
+    inits = {i.name: i for i in graph_model.graph.initializer}
+    problems, counts, epsilons = [], {}, set()
+    for node in graph_model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        attrs = _attributes(node)
+        if node.op_type in ("Conv", "MaxPool", "AveragePool"):
+            auto = attrs.get("auto_pad", b"NOTSET")
+            auto = auto.decode() if isinstance(auto, bytes) else auto
+            if auto != "NOTSET":
+                problems.append(f"{node.name}: auto_pad {auto} (padding left to the runtime)")
+            kernel = attrs.get("kernel_shape")
+            if kernel is None and node.input[1] in inits:  # Conv may infer it from the weight
+                kernel = list(inits[node.input[1]].dims[2:])
+            pads = list(attrs.get("pads", [0] * 4))
+            want = 0 if node.op_type == "AveragePool" else (kernel[0] - 1) // 2
+            if pads != [want] * 4:
+                problems.append(f"{node.name} ({node.op_type} {kernel}): pads {pads}, spec {want}")
+        elif node.op_type == "BatchNormalization":
+            eps = attrs.get("epsilon", 1e-5)
+            epsilons.add(float(np.float32(eps)))
+            if not np.isclose(eps, config.bn_eps, rtol=1e-6, atol=0):
+                problems.append(f"{node.name}: BN epsilon {eps:g}, spec {config.bn_eps:g}")
+    num_bn = sum(1 for s in param_specs(config) if s.kind == "bn_running_var")
+    if counts.get("BatchNormalization", 0) != num_bn:
+        problems.append(
+            f"{counts.get('BatchNormalization', 0)} BatchNormalization nodes, the spec has "
+            f"{num_bn} (a BatchNorm folded into a convolution?)"
+        )
+    if problems:
+        raise OnnxGraphError(f"{path}: " + "; ".join(problems[:10]))
+    return {"opset": opset, "nodes": counts, "bn_epsilons": sorted(epsilons)}
+
+
+def run_onnxruntime(path, x: np.ndarray) -> np.ndarray:
+    """Logits of the exported model on `x` (NCHW), on onnxruntime's CPU provider, one thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"images": np.ascontiguousarray(x)})
+    return logits
