@@ -1,9 +1,9 @@
 """The framework-neutral parity case and result files that the harness and workers exchange.
 
-A case is a folder: case.json (config, dtype, device, optimizer, what to compute), weights.safetensors
-(the canonical weight file) and inputs.safetensors (x, y for the forward/gradient checks and
-step_x, step_y for K optimizer steps, all NCHW). A worker answers with one safetensors file of
-results keyed as in result_keys() and a JSON `info` in its metadata.
+A case is a folder: case.json (config, dtype, device, optimizer, what to compute),
+weights.safetensors (the canonical weight file) and inputs.safetensors (x, y for the
+forward/gradient checks and step_x, step_y for K optimizer steps, all NCHW). A worker answers
+with one safetensors file of results keyed as in result_keys() and a JSON `info` in its metadata.
 """
 
 from __future__ import annotations
@@ -71,9 +71,10 @@ class Case:
     quantities: tuple = QUANTITIES
     memory_efficient: bool = False
     variant: str = "plain"  # densenet_spec.frameworks.VARIANTS: the teaching model or the fast one
-    options: dict = field(
-        default_factory=dict
-    )  # framework-specific switches, e.g. {"hybridize": true}
+    # Switches, e.g. {"hybridize": true}. Read by the driver, not the adapter: "pieces" (report
+    # every ReLU's input with the gradients: pieces.py), "driver_mutate" (the self-check's
+    # gradient-only mutation, applied by the driver: driver.DRIVER_MUTATIONS).
+    options: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -129,12 +130,33 @@ def read_case(folder) -> Case:
     )
 
 
+def relu_names(config: DenseNetConfig) -> list[str]:
+    """Every BatchNorm in forward order; each feeds one ReLU, which is named after it."""
+    return [s.name[: -len(".weight")] for s in param_specs(config) if s.kind == "bn_weight"]
+
+
+def wants_pieces(case: Case) -> bool:
+    """Does this case ask the worker for the linear piece of its gradient passes (pieces.py)?"""
+    return bool(case.options.get("pieces")) and "grad" in case.quantities
+
+
+def without_pieces(case: Case) -> Case:
+    """The same case without the "pieces" option: what a worker that cannot report them runs."""
+    import dataclasses
+
+    options = {k: v for k, v in case.options.items() if k != "pieces"}
+    return dataclasses.replace(case, options=options)
+
+
 def result_keys(case: Case) -> list[str]:
     """Every key a worker must return for this case, in forward (then backward) order.
 
     eval/<stage>, train/<stage>: per-stage outputs (NCHW; head (N, C); logits (N, classes))
     eval_grad/input:             d loss / d x with BatchNorm in eval mode
     train_grad/input, train_grad/<param>: gradients in train mode, canonical layout
+    eval_piece/<bn>, train_piece/<bn>: with the "pieces" option, every BatchNorm's output (the
+                                 input of the ReLU after it, NCHW) from the forward pass of that
+                                 mode's gradients: the linear piece they were taken on (pieces.py)
     step/<name>:                 every parameter and BN running statistic after case.steps
                                  SGD steps on step_x[k], step_y[k] (train mode), from the weights
     loss/eval, loss/train:       the mean cross-entropy, shape (1,)
@@ -148,6 +170,8 @@ def result_keys(case: Case) -> list[str]:
     if "grad" in case.quantities:
         keys += ["eval_grad/input", "train_grad/input"]
         keys += [f"train_grad/{n}" for n in trainable_names(c)]
+    if wants_pieces(case):
+        keys += [f"{mode}_piece/{n}" for mode in ("eval", "train") for n in relu_names(c)]
     if "step" in case.quantities:
         keys += [f"step/{s.name}" for s in param_specs(c)]
     return keys
@@ -234,7 +258,7 @@ def make_case(
 
 
 def as_dtype(case: Case, dtype: str) -> Case:
-    """The same case in another dtype: float32 -> float64 is exact, the reference for a float32 run."""
+    """The same case in another dtype: float32 -> float64 is exact (a float32 run's reference)."""
     import dataclasses
 
     if case.dtype == dtype:

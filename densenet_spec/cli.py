@@ -59,9 +59,9 @@ def parse_args(argv):
         action="append",
         default=[],
         metavar="FRAMEWORK:KIND",
-        help="self-check: perturb one framework (KIND bn_eps or same_padding); the run must "
-        "then fail "
-        "and name the first diverging stage",
+        help="self-check: perturb one framework (KIND bn_eps, same_padding: the forward; "
+        "grad_scale: one weight gradient only); the run must then fail and name the first "
+        "diverging stage or the mutated gradient",
     )
     p.add_argument("--json", type=Path, help="write every comparison with its error and bound here")
     p.add_argument(
@@ -152,16 +152,16 @@ def prepare(args) -> tuple:
         if fw not in frameworks or kind not in MUTATIONS:
             raise UsageError(
                 f"--mutate {m!r}: expected FRAMEWORK:KIND with FRAMEWORK one of the run's "
-                "frameworks and KIND bn_eps or same_padding"
+                f"frameworks and KIND one of {', '.join(MUTATIONS)}"
             )
         mutations[fw] = kind
     check_args(args, quantities)
     from densenet_spec.config import check_input_shape
-    from densenet_spec.harness import default_image_size, expected_divergence
+    from densenet_spec.harness import default_image_size, expected_parts
 
     for kind in mutations.values():
         try:
-            expected_divergence(config, kind)
+            expected_parts(config, kind, quantities)
         except ValueError as e:
             raise UsageError(f"--mutate: {e}") from None
     size = default_image_size(config) if args.image_size is None else args.image_size

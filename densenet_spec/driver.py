@@ -13,12 +13,24 @@ that differ between frameworks; this module runs the eval / train / gradient / s
     adapter.gradients(model, x, y, training)
                                        Gradients: input gradient (native), canonical parameter
                                        gradients (NumPy), loss; stage outputs when the adapter
-                                       computes them in the same pass (else None)
+                                       computes them in the same pass (else None); every
+                                       BatchNorm's output of that pass (preactivations), which
+                                       the "pieces" option requires (below)
     adapter.make_optimizer(model), adapter.train_step(model, optimizer, x, y)
     adapter.to_numpy(t)                native -> NumPy in the canonical layout (NCHW, (N, C))
     adapter.to_canonical(model)        canonical weights (NumPy) after the steps
 
 Every quantity starts from a fresh build(), so running statistics never leak between quantities.
+
+Linear pieces (float32 gradient parity, pieces.py). With case.options["pieces"] (the harness sets
+it for float32 cases with gradients) Gradients.preactivations must hold, for every BatchNorm
+(case.relu_names: "stem.norm", "blocks.0.layers.1.norm2", "transitions.0.norm", "head.norm"),
+its output in that very forward pass: the tensor the ReLU after it consumed, native layout,
+eval and train mode. The driver returns them as eval_piece/<bn>, train_piece/<bn> (NCHW). An
+adapter that cannot (say why) sets the class attribute `pieces_unavailable = "<reason>"`: the
+driver then returns no piece keys and info["pieces"] = the reason, and the harness falls back to
+the ReLU-kink allowance (kinks.py) for that framework. preactivations=None without that reason
+is a PiecesMissingError.
 """
 
 from __future__ import annotations
@@ -28,15 +40,41 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from densenet_spec.case import Case, check_results, result_keys
+from densenet_spec.case import (
+    Case,
+    check_results,
+    relu_names,
+    result_keys,
+    wants_pieces,
+    without_pieces,
+)
+from densenet_spec.errors import DenseNetError
 
 
 @dataclass
 class Gradients:
     loss: Any  # native scalar
     input: Any  # d loss / d x, native layout
-    params: dict[str, np.ndarray] | None  # canonical name -> gradient (canonical layout); train only
+    params: (
+        dict[str, np.ndarray] | None
+    )  # canonical name -> gradient (canonical layout); train only
     stages: dict[str, Any] | None = None  # stage outputs of the same forward pass, if computed
+    # BatchNorm name -> its output in the same forward pass (the following ReLU's input), native
+    preactivations: dict[str, Any] | None = None
+
+
+class PiecesMissingError(DenseNetError, RuntimeError):
+    """A "pieces" case, and the adapter's gradients() reported no (or not every) pre-activation."""
+
+
+# Gradient-only mutations for the harness's self-check (--mutate FW:grad_scale), applied here, after
+# the adapter's backward, so that every framework has them with no adapter code: the forward, the
+# running statistics and the optimizer steps are untouched. grad_scale multiplies the first
+# convolution's weight gradient by 1 + GRAD_SCALE: 10x the largest float32 gradient bound the
+# piece-wise comparison allows (1e-3, tolerances.py), 10^7x the float64 one, and far inside the old
+# ReLU-kink allowance (its median on DenseNet-121 was 0.13), which could not have caught it.
+DRIVER_MUTATIONS = {"grad_scale": "stem.conv.weight"}
+GRAD_SCALE = 1e-2
 
 
 class Adapter(Protocol):
@@ -56,6 +94,11 @@ class Adapter(Protocol):
 
 def run_case(case: Case, adapter: Adapter) -> tuple[dict[str, np.ndarray], dict]:
     """Fill every key of result_keys(case) with `adapter`; return (results, adapter.info)."""
+    reason = getattr(adapter, "pieces_unavailable", None)
+    if wants_pieces(case) and reason:
+        adapter.info["pieces"] = str(reason)
+        case = without_pieces(case)
+    mutated = _driver_mutation(case)
     x, y = adapter.images(case.x), adapter.labels(case.y)
     results: dict[str, np.ndarray] = {}
 
@@ -70,6 +113,12 @@ def run_case(case: Case, adapter: Adapter) -> tuple[dict[str, np.ndarray], dict]
             results[f"{mode}_grad/input"] = adapter.to_numpy(grads.input)
             if training:
                 results.update({f"train_grad/{k}": np.asarray(g) for k, g in grads.params.items()})
+                if mutated:
+                    key = f"train_grad/{mutated}"
+                    results[key] = results[key] * results[key].dtype.type(1 + GRAD_SCALE)
+            if wants_pieces(case):
+                pre = _preactivations(case, grads, mode)
+                results.update({f"{mode}_piece/{k}": adapter.to_numpy(v) for k, v in pre.items()})
             if mode in case.quantities and grads.stages is not None:
                 record_stages(mode, grads.stages, grads.loss)
                 continue
@@ -86,3 +135,35 @@ def run_case(case: Case, adapter: Adapter) -> tuple[dict[str, np.ndarray], dict]
     results = {k: results[k] for k in result_keys(case) if k in results}
     check_results(case, results)
     return results, dict(adapter.info)
+
+
+def _preactivations(case: Case, grads: Gradients, mode: str) -> dict:
+    """grads.preactivations, checked: exactly one per BatchNorm."""
+    pre = grads.preactivations
+    if pre is None:
+        raise PiecesMissingError(
+            f"this case asks for linear pieces (float32 gradients), but the adapter's {mode}-mode "
+            "gradients() returned preactivations=None: return every BatchNorm's output of that "
+            "forward pass, or set Adapter.pieces_unavailable = '<reason>' (densenet_spec.driver)"
+        )
+    want = relu_names(case.config)
+    missing = [n for n in want if n not in pre]
+    extra = [n for n in pre if n not in want]
+    if missing or extra:
+        raise PiecesMissingError(
+            f"{mode}-mode preactivations: missing {missing[:6]}, unexpected {extra[:6]} "
+            f"(want the {len(want)} BatchNorm names of case.relu_names)"
+        )
+    return {n: pre[n] for n in want}
+
+
+def _driver_mutation(case: Case) -> str | None:
+    """The parameter whose gradient the self-check's driver mutation scales, or None."""
+    kind = case.options.get("driver_mutate")
+    if kind is None:
+        return None
+    if kind not in DRIVER_MUTATIONS:
+        raise ValueError(f"unknown driver mutation {kind!r}; known: {', '.join(DRIVER_MUTATIONS)}")
+    if "grad" not in case.quantities:
+        raise ValueError(f"driver mutation {kind} changes a gradient: the case computes none")
+    return DRIVER_MUTATIONS[kind]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import densenet_envs as envs
-from densenet_spec import reference
+from densenet_spec import pieces, reference
 from densenet_spec.case import (
     Case,
     as_dtype,
@@ -31,18 +31,20 @@ from densenet_spec.case import (
     make_case,
     read_results,
     result_keys,
+    without_pieces,
     write_case,
 )
 from densenet_spec.compare import (
     Comparison,
     add_allowances,
     compare,
-    float32_kink_allowance,
     float32_step_allowance,
     rel_errors,
 )
+from densenet_spec.driver import DRIVER_MUTATIONS
 from densenet_spec.errors import DenseNetError, EnvironmentSetupError, WorkerResultError
 from densenet_spec.frameworks import FRAMEWORKS, get_framework
+from densenet_spec.kinks import float32_kink_allowance
 from densenet_spec.params import stage_names, trainable_names
 from densenet_spec.tolerances import family
 
@@ -84,7 +86,10 @@ def terminate_as_interrupt(signals=(signal.SIGTERM, signal.SIGHUP)):
 # bn_eps: the framework builds its BatchNorms with eps 1e-3 (Keras's default) instead of the spec's.
 # same_padding: its stem conv 7x7/2 and max-pool 3x3/2 use TF/XLA 'same' padding, which pads
 #               (2, 3) and (0, 1) on even inputs instead of (3, 3) and (1, 1): the d2l JAX/TF tabs.
-MUTATIONS = ("bn_eps", "same_padding")
+# grad_scale: its first conv's weight gradient is scaled by 1 + 1e-2 (driver.GRAD_SCALE), the
+#               forward and the optimizer steps untouched: a gradient-only bug the float32 check
+#               must catch too (it could not with the old ReLU-kink allowance).
+MUTATIONS = ("bn_eps", "same_padding", "grad_scale")
 
 
 @dataclass
@@ -103,6 +108,9 @@ class PairReport:
     comparisons: list[Comparison]
     stages: list = field(default_factory=list, repr=False)  # forward order, for first_divergence
     params: list = field(default_factory=list, repr=False)
+    # float32 gradients: where a's and b's linear pieces differ (pieces.summary), or
+    # {"reported": False, "reason": ...} when one of them could not report its piece
+    pieces: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -136,6 +144,8 @@ class ParityReport:
     oracle_seconds: float
     command: str = ""
     mutations: dict = field(default_factory=dict)
+    pieces: dict = field(default_factory=dict)  # framework -> PairReport.pieces against the oracle
+    piece_seconds: dict = field(default_factory=dict)  # framework -> oracle recomputation (s)
 
     @property
     def ok(self) -> bool:
@@ -157,7 +167,14 @@ class ParityReport:
                 "quantities": list(c.quantities),
             },
             "frameworks": {
-                n: {"ok": r.ok, "info": r.info, "error": r.error} for n, r in self.runs.items()
+                n: {
+                    "ok": r.ok,
+                    "info": r.info,
+                    "error": r.error,
+                    "pieces": self.pieces.get(n),
+                    "oracle_piece_seconds": self.piece_seconds.get(n),
+                }
+                for n, r in self.runs.items()
             },
             "oracle_seconds": round(self.oracle_seconds, 3),
             "mutations": self.mutations,
@@ -167,6 +184,7 @@ class ParityReport:
                     "b": p.b,
                     "ok": p.ok,
                     "first_divergence": p.first_divergence(),
+                    "pieces": p.pieces,
                     "comparisons": [
                         {"key": x.key, "error": x.error, "bound": x.bound, "ok": x.ok}
                         for x in p.comparisons
@@ -242,6 +260,8 @@ def read_worker_results(path: Path, case: Case | None = None) -> tuple[dict, dic
     if not isinstance(info, dict):
         raise WorkerResultError(f"its result info is not a JSON object: {info!r}")
     if case is not None:
+        if info.get("pieces"):  # the adapter could not report its piece (driver.py): says why
+            case = without_pieces(case)
         try:
             check_results(case, results)
         except ValueError as e:
@@ -286,18 +306,69 @@ def run_worker(
     return FrameworkRun(framework, True, info=info, results=results)
 
 
-def oracle_results(case: Case) -> tuple[dict, dict | None, dict | None, float]:
-    """The oracle in float64 (the truth) and, for float32 cases, the oracle's own float32 errors,
-    from which float32 bounds are derived, and the ReLU-kink allowance (tolerances.py)."""
+@dataclass
+class OracleResults:
+    """The oracle's side of a parity run.
+
+    truth: the float64 oracle on its own linear pieces (with eval_piece/train_piece keys when the
+    case asks for pieces); float32_errors: its own float32 run against the float64 oracle on the
+    float32 run's pieces: rounding alone, from which float32 bounds are derived (tolerances.py);
+    pieces: the float64 oracle's own pieces (float32 gradient cases).
+    """
+
+    case: Case
+    truth: dict
+    float32_errors: dict | None
+    seconds: float
+    pieces: dict | None = None
+    pieces32: dict | None = None
+    _kinks: dict | None = field(default=None, repr=False)
+
+    def kinks(self) -> dict:
+        """The ReLU-kink allowance (kinks.py), computed once, for frameworks without pieces."""
+        if self._kinks is None:
+            start = time.perf_counter()
+            self._kinks = float32_kink_allowance(self.case, self.truth)
+            self.seconds += time.perf_counter() - start
+        return self._kinks
+
+    def on_piece(self, results: dict) -> dict:
+        """The float64 reference for a worker that reported its pieces: truth, with gradient and
+        step keys recomputed on those pieces."""
+        fw = pieces.pieces_of(results, self.case.config)
+        return pieces.on_piece(self.case, fw, self.truth, self.pieces)
+
+
+def uses_pieces(case: Case) -> bool:
+    """float32 gradients are compared on each implementation's own linear piece (pieces.py)."""
+    return case.dtype == "float32" and "grad" in case.quantities
+
+
+def with_pieces(case: Case) -> Case:
+    import dataclasses
+
+    if not uses_pieces(case) or case.options.get("pieces"):
+        return case
+    return dataclasses.replace(case, options={**case.options, "pieces": True})
+
+
+def oracle_results(case: Case) -> OracleResults:
+    """The oracle in float64 (the truth) and, for float32 cases, the oracle's own float32 errors
+    (on its own pieces, for gradient cases), from which float32 bounds are derived."""
     start = time.perf_counter()
+    case = with_pieces(case)
     case64 = as_dtype(case, "float64")
     truth, _ = reference.run_case(case64)
-    float32_errors = kinks = None
+    out = OracleResults(case, truth, None, 0.0)
     if case.dtype == "float32":
-        ours32, _ = reference.run_case(case)
-        float32_errors = rel_errors(ours32, truth)
-        kinks = float32_kink_allowance(case, truth)
-    return truth, float32_errors, kinks, time.perf_counter() - start
+        if uses_pieces(case):
+            out.pieces = pieces.oracle_pieces(case64)
+            out.float32_errors, out.pieces32 = pieces.float32_errors(case, truth, out.pieces)
+        else:
+            ours32, _ = reference.run_case(case)
+            out.float32_errors = rel_errors(ours32, truth)
+    out.seconds = time.perf_counter() - start
+    return out
 
 
 def mutated(case: Case, kind: str) -> Case:
@@ -308,11 +379,24 @@ def mutated(case: Case, kind: str) -> Case:
         return dataclasses.replace(case, config=case.config.replace(bn_eps=1e-3))
     if kind == "same_padding":
         return dataclasses.replace(case, options={**case.options, "mutate": "same_padding"})
+    if kind in DRIVER_MUTATIONS:  # applied by the driver, not the adapter
+        return dataclasses.replace(case, options={**case.options, "driver_mutate": kind})
     raise ValueError(f"unknown mutation {kind!r}; known: {', '.join(MUTATIONS)}")
 
 
+def expected_parts(config, kind: str, quantities=("eval", "train", "grad")) -> dict[str, str]:
+    """Where a mutation must make the report part (PairReport.first_divergence), and nothing
+    else: the first forward stage for the forward mutations, the mutated tensor for grad_scale."""
+    if kind in DRIVER_MUTATIONS:
+        if "grad" not in quantities:
+            raise ValueError(f"{kind} changes a gradient: add grad to the quantities")
+        return {"train_grad": DRIVER_MUTATIONS[kind]}
+    stage = expected_divergence(config, kind)
+    return {mode: stage for mode in ("eval", "train") if mode in quantities}
+
+
 def expected_divergence(config, kind: str) -> str:
-    """The first forward stage a mutation must change."""
+    """The first forward stage a forward mutation must change."""
     if kind == "same_padding":
         if config.stem != "imagenet":
             raise ValueError("same_padding changes the strided ImageNet stem; this config has none")
@@ -322,7 +406,7 @@ def expected_divergence(config, kind: str) -> str:
 
 
 def self_check(report: ParityReport) -> list[str]:
-    """Problems with a --mutate run: mutated pairs must fail at the expected stage, others pass."""
+    """Problems with a --mutate run: mutated pairs must fail where expected, others pass."""
     problems = []
     for p in report.pairs:
         hit = [fw for fw in (p.a, p.b) if fw in report.mutations]
@@ -332,18 +416,36 @@ def self_check(report: ParityReport) -> list[str]:
             continue
         if len(hit) == 2:
             continue  # two mutated frameworks may or may not agree with each other
-        want = expected_divergence(report.case.config, report.mutations[hit[0]])
+        kind = report.mutations[hit[0]]
+        want = expected_parts(report.case.config, kind, report.case.quantities)
         got = p.first_divergence()
-        for mode in ("eval", "train"):
-            if mode in report.case.quantities and got.get(mode) != want:
+        if kind in DRIVER_MUTATIONS:  # gradient-only: that tensor fails, nothing else
+            if got != want:
                 problems.append(
-                    f"{p.a} vs {p.b}: mutation {report.mutations[hit[0]]} of {hit[0]} should part "
-                    f"at {want} in {mode} mode, the report says {got.get(mode)}"
+                    f"{p.a} vs {p.b}: mutation {kind} of {hit[0]} should fail exactly {want}, "
+                    f"the report says {got}"
+                )
+            continue
+        for mode, stage in want.items():
+            if got.get(mode) != stage:
+                problems.append(
+                    f"{p.a} vs {p.b}: mutation {kind} of {hit[0]} should part "
+                    f"at {stage} in {mode} mode, the report says {got.get(mode)}"
                 )
     for fw in report.mutations:
         if not report.runs[fw].ok:
             problems.append(f"mutated {fw} did not run: {report.runs[fw].error}")
     return problems
+
+
+def _shift(a: dict, ref_a: dict, ref_b: dict) -> dict:
+    """a moved onto b's linear piece through the oracle: a + (ref_b - ref_a) wherever the two
+    references differ (gradient and step keys whose pieces differ); other keys as they are."""
+    out = dict(a)
+    for k, v in ref_b.items():
+        if k in a and ref_a.get(k) is not v:
+            out[k] = np.asarray(a[k], np.float64) + (v - ref_a[k])
+    return out
 
 
 def run_parity(
@@ -362,6 +464,7 @@ def run_parity(
         get_framework(f)  # UnknownFrameworkError names the known ones
     check_timeout(worker_timeout)
     mutations = mutations or {}
+    case = with_pieces(case)
     with tempfile.TemporaryDirectory(prefix="densenet-parity-") as tmp:
         case_dir = write_case(case, Path(workdir or tmp) / "case")
         runs = {}
@@ -376,30 +479,70 @@ def run_parity(
             runs[fw] = run_worker(fw, fw_dir, setup, log, timeout=worker_timeout, case=case)
             status = f"done in {runs[fw].info.get('seconds', '?')} s" if runs[fw].ok else "FAILED"
             log(f"{fw}: {status}")
+    return evaluate(case, runs, log=log, command=command, mutations=mutations)
+
+
+def evaluate(
+    case: Case, runs: dict[str, FrameworkRun], *, log=print, command: str = "", mutations=None
+) -> ParityReport:
+    """Compare finished worker runs with the oracle (on each framework's own linear piece, for
+    float32 gradients) and with each other."""
+    case, mutations, frameworks = with_pieces(case), mutations or {}, list(runs)
     log("running the NumPy oracle")
-    truth, float32_errors, kinks, oracle_s = oracle_results(case)
+    oracle = oracle_results(case)
+    truth, float32_errors = oracle.truth, oracle.float32_errors
     stages, params = stage_names(case.config), trainable_names(case.config)
-    keys = result_keys(case)
-    truth = {k: truth[k] for k in keys}
-    allowance = None
-    if float32_errors:
-        allowance = add_allowances(float32_step_allowance(case, truth, float32_errors), kinks)
+    truth = {k: truth[k] for k in result_keys(case)}
+    step = float32_step_allowance(case, truth, float32_errors) if float32_errors else None
+    ok = [f for f in frameworks if runs[f].ok]
+    refs, fw_pieces, summaries, seconds = {}, {}, {}, {}
+    for fw in ok:
+        reason = runs[fw].info.get("pieces")
+        if not uses_pieces(case):
+            refs[fw] = truth
+        elif reason:
+            refs[fw] = {k: v for k, v in truth.items() if "_piece/" not in k}
+            summaries[fw] = {"reported": False, "reason": str(reason)}
+        else:
+            log(f"oracle: float64 gradients on {fw}'s linear pieces")
+            start = time.perf_counter()
+            fw_pieces[fw] = pieces.pieces_of(runs[fw].results, case.config)
+            refs[fw] = pieces.on_piece(case, fw_pieces[fw], truth, oracle.pieces)
+            seconds[fw] = round(time.perf_counter() - start, 3)
+            summaries[fw] = {"reported": True, **pieces.summary(fw_pieces[fw], oracle.pieces)}
+
+    def allowance(*fws) -> dict | None:
+        if any(fw in summaries and fw not in fw_pieces for fw in fws):
+            return add_allowances(step, oracle.kinks())  # the documented fallback (kinks.py)
+        return step
+
     pairs = []
-    for fw, run in runs.items():
-        if run.ok:
-            comps = compare(run.results, truth, case.dtype, float32_errors, allowance=allowance)
-            pairs.append(PairReport(fw, ORACLE, comps, stages, params))
-    for a, b in itertools.combinations([f for f in frameworks if runs[f].ok], 2):
+    for fw in ok:
         comps = compare(
-            runs[a].results,
-            runs[b].results,
-            case.dtype,
-            float32_errors,
-            symmetric=True,
-            allowance=allowance,
+            runs[fw].results, refs[fw], case.dtype, float32_errors, allowance=allowance(fw)
         )
-        pairs.append(PairReport(a, b, comps, stages, params))
-    return ParityReport(case, runs, pairs, oracle_s, command, dict(mutations))
+        pairs.append(PairReport(fw, ORACLE, comps, stages, params, summaries.get(fw)))
+    for a, b in itertools.combinations(ok, 2):
+        ra, rb, note = runs[a].results, runs[b].results, None
+        if a in fw_pieces and b in fw_pieces:
+            ra = _shift(ra, refs[a], refs[b])
+            note = {"reported": True, **pieces.summary(fw_pieces[a], fw_pieces[b])}
+        elif a in summaries or b in summaries:  # one could not report its piece: fallback
+            ra, rb = ({k: v for k, v in r.items() if "_piece/" not in k} for r in (ra, rb))
+            note = {
+                "reported": False,
+                "reason": "; ".join(
+                    f"{fw}: {summaries[fw]['reason']}"
+                    for fw in (a, b)
+                    if fw in summaries and fw not in fw_pieces
+                ),
+            }
+        comps = compare(
+            ra, rb, case.dtype, float32_errors, symmetric=True, allowance=allowance(a, b)
+        )
+        pairs.append(PairReport(a, b, comps, stages, params, note))
+    oracle_s = oracle.seconds + sum(seconds.values())
+    return ParityReport(case, runs, pairs, oracle_s, command, dict(mutations), summaries, seconds)
 
 
 def check_timeout(seconds) -> float:
@@ -440,6 +583,39 @@ def family_table(report: ParityReport) -> list[dict]:
                 }
             )
     return rows
+
+
+def piece_rows(report: ParityReport) -> list[dict]:
+    """One row per framework (against the oracle's float64 piece) and per framework pair: how many
+    ReLU entries (eval, train) and stem max-pool windows sit on a different linear piece, and
+    where; or why a framework could not say (it is then checked with the ReLU-kink fallback)."""
+    rows = []
+    for p in report.pairs:
+        if p.pieces is None:
+            continue
+        row = {"pair": f"{p.a} vs {p.b}", "reported": p.pieces.get("reported", False)}
+        if row["reported"]:
+            where: dict[str, int] = {}
+            for mode in ("eval", "train"):
+                for name, n in p.pieces[mode]["where"].items():
+                    where[name] = where.get(name, 0) + n
+            row |= {
+                "eval": p.pieces["eval"]["relu"],
+                "train": p.pieces["train"]["relu"],
+                "pool": p.pieces["eval"]["pool"] + p.pieces["train"]["pool"],
+                "where": where,
+            }
+        else:
+            row["reason"] = p.pieces.get("reason", "")
+        rows.append(row)
+    return rows
+
+
+def describe_where(where: dict[str, int], limit: int = 4) -> str:
+    """'blocks.1.layers.11.norm1 (1), ... (+3 more)': the BatchNorms whose ReLUs differ."""
+    names = sorted(where, key=lambda n: -where[n])
+    shown = ", ".join(f"{n} ({where[n]})" for n in names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 def environment_summary() -> dict:

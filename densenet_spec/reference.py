@@ -97,11 +97,19 @@ def _relu(x):
     return np.maximum(x, 0), lambda g: g * mask
 
 
-def _max_pool(x):
+def _pool_choice(x) -> np.ndarray:
+    """Index 0..8 (row-major) of the first maximum of every 3x3/2 window (pad 1 with -inf)."""
+    cols = _windows(_pad(x, 1, -np.inf), 3, 2)
+    return cols.reshape(*cols.shape[:4], 9).argmax(axis=-1)
+
+
+def _max_pool(x, choice: np.ndarray | None = None):
     """3x3 max-pool, stride 2, pad 1 with -inf (padding never wins).
 
     Backward routes each gradient to its window's maximum; on ties to the first maximum in
-    window order (row-major), as argmax picks it.
+    window order (row-major), as argmax picks it. `choice` (same shape as the output, 0..8)
+    routes it to those entries instead: another implementation's choice (pieces.py); the
+    forward value stays the maximum.
     """
     xp = _pad(x, 1, -np.inf)
     cols = _windows(xp, 3, 2)
@@ -109,6 +117,13 @@ def _max_pool(x):
     flat = cols.reshape(n, c, ho, wo, 9)
     arg = flat.argmax(axis=-1)
     out = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+    if choice is not None:
+        choice = np.asarray(choice)
+        if choice.shape != arg.shape or choice.min(initial=0) < 0 or choice.max(initial=0) > 8:
+            raise ValueError(
+                f"max-pool choice must be {arg.shape} indices 0..8, got {choice.shape}"
+            )
+        arg = choice
 
     def backward(g):
         gxp = np.zeros(xp.shape, dtype=g.dtype)
@@ -179,13 +194,22 @@ def _loss_and_grad(logits, y):
 
 class _Pass:
     def __init__(
-        self, params: dict, config: DenseNetConfig, training: bool, kinks=None, record=False
+        self,
+        params: dict,
+        config: DenseNetConfig,
+        training: bool,
+        kinks=None,
+        record=False,
+        relu_masks: dict | None = None,
+        pool_choice: np.ndarray | None = None,
     ):
         self.params, self.config, self.training = params, config, training
         self.running: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.kinks = kinks  # None, or (thresholds by ReLU name, forced derivative): see gradients()
         self.relu_inputs: dict[str, np.ndarray] | None = {} if record else None
+        self.relu_masks = relu_masks  # None, or every ReLU's derivative mask: see gradients()
+        self.pool_choice = pool_choice  # None, or the stem max-pool's choice: see gradients()
 
 
 def _seq(x, *layers):
@@ -234,12 +258,20 @@ def _norm(ps: _Pass, name: str, x):
 def _act(ps: _Pass, name: str, x):
     """The ReLU after BatchNorm `name` (ReLUs are named by the BatchNorm that feeds them).
 
-    Only for the float32 kink allowance (compare.float32_kink_allowance): with ps.kinks, the
-    entries with |x| < thresholds[name] get derivative `forced` (1 or 0) instead of x > 0.
+    With ps.relu_masks (a linear piece, pieces.py) the backward multiplies by relu_masks[name]
+    instead of x > 0. Only for the float32 kink fallback (kinks.float32_kink_allowance): with
+    ps.kinks, the entries with |x| < thresholds[name] get derivative `forced` (1 or 0).
     """
     if ps.relu_inputs is not None:
         ps.relu_inputs[name] = x
     out, back = _relu(x)
+    if ps.relu_masks is not None:
+        mask = ps.relu_masks.get(name)
+        if mask is None or np.shape(mask) != x.shape:
+            got = "none" if mask is None else np.shape(mask)
+            raise ValueError(f"ReLU mask for {name}: need shape {x.shape}, got {got}")
+        mask = np.asarray(mask, dtype=bool)
+        return out, lambda g: g * mask
     if ps.kinks is None or not ps.kinks[0].get(name, 0.0) > 0:
         return out, back
     thresholds, forced = ps.kinks
@@ -279,7 +311,7 @@ def _stem(ps: _Pass, x):
         partial(_conv, ps, "stem.conv", stride=2, pad=3),
         partial(_norm, ps, "stem.norm"),
         partial(_act, ps, "stem.norm"),
-        _max_pool,
+        partial(_max_pool, choice=ps.pool_choice),
     )
 
 
@@ -370,7 +402,14 @@ def _network(ps: _Pass, x):
 
 
 def _start(
-    params: dict, config: DenseNetConfig, x: np.ndarray, training: bool, kinks=None, record=False
+    params: dict,
+    config: DenseNetConfig,
+    x: np.ndarray,
+    training: bool,
+    kinks=None,
+    record=False,
+    relu_masks=None,
+    pool_choice=None,
 ):
     """Validate like every framework's edge does, then run the forward pass."""
     x = np.asarray(x)
@@ -378,16 +417,21 @@ def _start(
         raise ValueError(f"the oracle computes in float32 or float64, got input dtype {x.dtype}")
     check_input_shape(config, x.shape, "NCHW", training=training)
     check_tensors(params, config, x.dtype.name)
-    ps = _Pass(params, config, training, kinks, record)
+    if pool_choice is not None and config.stem != "imagenet":
+        raise ValueError("a max-pool choice was given, but this config's stem has no max-pool")
+    ps = _Pass(params, config, training, kinks, record, relu_masks, pool_choice)
     features, backward = _network(ps, x)
     return ps, features, backward
 
 
-def _forward_backward(params, config, x, y, training, kinks=None):
-    ps, features, backward = _start(params, config, x, training, kinks)
+def _forward_backward(params, config, x, y, training, kinks=None, ps_out=None, **piece):
+    """One forward and backward pass; ps_out (a list) receives the _Pass (relu_inputs, ...)."""
+    ps, features, backward = _start(params, config, x, training, kinks, ps_out is not None, **piece)
     value, g = _loss_and_grad(features["logits"], np.asarray(y))
     grad_x = backward(g)
     grads = {name: ps.grads[name] for name in trainable_names(config)}
+    if ps_out is not None:
+        ps_out.append(ps)
     return features, ps.running, value, grad_x, grads
 
 
@@ -414,18 +458,33 @@ def gradients(
     *,
     kink_threshold: dict[str, float] | None = None,
     kink_derivative: int = 1,
+    relu_masks: dict[str, np.ndarray] | None = None,
+    pool_choice: np.ndarray | None = None,
 ):
     """(loss, d loss / d x, {trainable name: d loss / d param}) by a hand-written backward.
 
     No autodiff library: the oracle must not share a gradient engine with what it checks.
+    relu_masks, pool_choice: the gradient on a given linear piece (pieces.py). relu_masks holds
+    every ReLU's derivative (a boolean array shaped like its input, keyed by its BatchNorm as
+    relu_inputs gives them); pool_choice the stem max-pool's chosen index per window (0..8,
+    row-major, shaped like the pool's output; ImageNet stem only). The forward pass, the loss and
+    the running statistics are unchanged; only the backward takes those derivatives.
     kink_threshold (ReLU name -> t, names as relu_inputs gives them): backward takes the ReLU's
     derivative as kink_derivative (1 or 0) wherever its input has |y| < t, as an implementation
     whose rounding puts y on the other side of 0 would (the float32 kink allowance, tolerances.py).
     The forward pass and the loss are unchanged.
     """
     kinks = None if kink_threshold is None else (dict(kink_threshold), bool(kink_derivative))
-    _, _, value, grad_x, grads = _forward_backward(params, config, x, y, training, kinks)
+    _, _, value, grad_x, grads = _forward_backward(
+        params, config, x, y, training, kinks, relu_masks=relu_masks, pool_choice=pool_choice
+    )
     return value, grad_x, grads
+
+
+def max_pool_choice(x: np.ndarray) -> np.ndarray:
+    """The stem max-pool's choice on input x (NCHW, the ReLU's output): for each 3x3/2 window
+    (pad 1, padding never wins) the index 0..8 of its first maximum in row-major order."""
+    return _pool_choice(np.asarray(x))
 
 
 def relu_inputs(params: dict, config: DenseNetConfig, x: np.ndarray, training: bool = True):
@@ -466,10 +525,16 @@ def run_case(case):
         raise ValueError(f"case inputs are {x.dtype}, the case asks for {dtype.name}")
     out: dict[str, np.ndarray] = {}
 
+    pieces = bool(case.options.get("pieces")) and "grad" in q
     for mode, training in (("eval", False), ("train", True)):
         if "grad" in q:
-            features, _, value, grad_x, grads = _forward_backward(params, config, x, y, training)
+            passes: list = []
+            features, _, value, grad_x, grads = _forward_backward(
+                params, config, x, y, training, ps_out=passes
+            )
             out[f"{mode}_grad/input"] = grad_x
+            if pieces:  # the linear piece this pass took: every ReLU's input (pieces.py)
+                out.update({f"{mode}_piece/{n}": v for n, v in passes[0].relu_inputs.items()})
             if training:
                 out.update({f"train_grad/{n}": g for n, g in grads.items()})
         elif mode in q:

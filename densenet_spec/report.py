@@ -7,7 +7,7 @@ import shutil
 from rich.console import Console
 from rich.table import Table
 
-from densenet_spec.harness import ParityReport, family_table
+from densenet_spec.harness import ParityReport, describe_where, family_table, piece_rows
 
 FAMILIES = ("eval", "train", "loss", "eval_grad", "train_grad", "step")
 
@@ -34,7 +34,8 @@ def print_report(report: ParityReport, con: Console) -> None:
     c = report.case
     con.print(
         f"\n[bold]DenseNet parity[/]: {c.config.to_json()}\n"
-        f"dtype {c.dtype}, device {c.device}, batch {c.x.shape[0]}, image {c.x.shape[2]}x{c.x.shape[3]}, "
+        f"dtype {c.dtype}, device {c.device}, batch {c.x.shape[0]}, "
+        f"image {c.x.shape[2]}x{c.x.shape[3]}, "
         f"{c.steps} SGD step(s) lr={c.sgd.lr} momentum={c.sgd.momentum} wd={c.sgd.weight_decay}"
     )
     rows = family_table(report)
@@ -61,6 +62,7 @@ def print_report(report: ParityReport, con: Console) -> None:
                 out.append(f"[{color}]{r['error']:.1e}[/]")
         table.add_row(pair, *out)
     con.print(table)
+    print_pieces(report, con)
     for r in rows:
         if r["failed"]:
             con.print(
@@ -76,3 +78,25 @@ def print_report(report: ParityReport, con: Console) -> None:
             con.print(f"[bold red]{name} did not run[/]: {run.error}")
     verdict = "[bold green]PARITY OK[/]" if report.ok else "[bold red]PARITY FAILED[/]"
     con.print(verdict)
+
+
+def print_pieces(report: ParityReport, con: Console) -> None:
+    """Float32 gradients: where each framework's linear piece differs from the oracle's (and the
+    pairs' from each other); gradients were compared on each framework's own piece."""
+    rows = piece_rows(report)
+    if not rows:
+        return
+    table = Table(
+        title="linear pieces: ReLU entries and max-pool windows on a different piece "
+        "(float32 gradients are compared on each framework's own piece)"
+    )
+    for col in ("pair", "eval ReLU", "train ReLU", "pool windows", "where"):
+        table.add_column(col, justify="left" if col in ("pair", "where") else "right")
+    for r in rows:
+        if r["reported"]:
+            where = describe_where(r["where"]) or "-"
+            table.add_row(r["pair"], str(r["eval"]), str(r["train"]), str(r["pool"]), where)
+        else:
+            why = f"[yellow]not reported: {r['reason']} (ReLU-kink allowance used)[/]"
+            table.add_row(r["pair"], "", "", "", why)
+    con.print(table)

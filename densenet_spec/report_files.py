@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densenet_spec.harness import ParityReport, family_table
+from densenet_spec.harness import ParityReport, describe_where, family_table, piece_rows
 from densenet_spec.params import stage_names
 
 
@@ -74,8 +74,9 @@ def markdown(report: ParityReport) -> str:
         f"**{'PASS' if report.ok else 'FAIL'}**: `{report.command}`",
         "",
         f"config: `{c.config.to_json()}`  ",
-        f"dtype {c.dtype}, device {c.device}, batch {c.x.shape[0]}, image {c.x.shape[2]}x{c.x.shape[3]}, "
-        f"{c.steps} SGD step(s) (lr {c.sgd.lr}, momentum {c.sgd.momentum}, weight decay {c.sgd.weight_decay})",
+        f"dtype {c.dtype}, device {c.device}, batch {c.x.shape[0]}, "
+        f"image {c.x.shape[2]}x{c.x.shape[3]}, {c.steps} SGD step(s) "
+        f"(lr {c.sgd.lr}, momentum {c.sgd.momentum}, weight decay {c.sgd.weight_decay})",
         "",
         "## Relative max error per quantity (worst tensor)",
         "",
@@ -88,6 +89,21 @@ def markdown(report: ParityReport) -> str:
             f"| {r['pair']} | {r['quantity']} | {r['n']} | {r['error']:.2e} | {r['bound']:.0e} | "
             f"`{r['worst_key']}` | {res} |"
         )
+    pieces = piece_rows(report)
+    if pieces:
+        lines += ["", "## Linear pieces (float32 gradients)", "", PIECES_NOTE, ""]
+        lines += [
+            "| pair | eval ReLU entries | train ReLU entries | pool windows | where |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for r in pieces:
+            if r["reported"]:
+                where = describe_where(r["where"], limit=8) or "-"
+                lines.append(
+                    f"| {r['pair']} | {r['eval']} | {r['train']} | {r['pool']} | {where} |"
+                )
+            else:
+                lines.append(f"| {r['pair']} | | | | not reported: {r['reason']} |")
     bad = [p for p in report.pairs if not p.ok]
     if bad:
         lines += ["", "## Where frameworks part", ""]
@@ -113,6 +129,32 @@ def markdown(report: ParityReport) -> str:
         if not run.ok:
             lines += ["", f"### {name} did not run", "", "```", run.error, "```"]
     return "\n".join(lines) + "\n"
+
+
+PIECES_NOTE = (
+    "Each framework reports every BatchNorm output of its gradient passes; the float64 oracle "
+    "recomputes the gradient on that framework's own linear piece (its ReLU masks and max-pool "
+    "choices), and the float32 gradients are compared with that under the float32 rounding "
+    "bound. Pairs are compared through the oracle: a + (oracle on b's piece - oracle on a's). "
+    "A framework that cannot report its piece is checked with the ReLU-kink allowance instead."
+)
+
+
+def _pieces_html(report: ParityReport) -> str:
+    rows = piece_rows(report)
+    if not rows:
+        return ""
+    esc = html.escape
+    table = _table(
+        ["pair", "eval ReLU entries", "train ReLU entries", "pool windows", "where"],
+        [
+            [esc(r["pair"]), r["eval"], r["train"], r["pool"], esc(describe_where(r["where"], 8))]
+            if r["reported"]
+            else [esc(r["pair"]), "", "", "", esc(f"not reported: {r['reason']}")]
+            for r in rows
+        ],
+    )
+    return f"<h2>Linear pieces (float32 gradients)</h2><p>{esc(PIECES_NOTE)}</p>{table}"
 
 
 def _table(header, rows) -> str:
@@ -184,6 +226,7 @@ def html_page(report: ParityReport) -> str:
         f"<p>config <code>{esc(c.config.to_json())}</code><br>dtype {c.dtype}, device {c.device}, "
         f"batch {c.x.shape[0]}, image {c.x.shape[2]}x{c.x.shape[3]}, {c.steps} SGD step(s)</p>"
         f"<h2>Relative max error per quantity (worst tensor)</h2>{matrix}"
+        + _pieces_html(report)
         + (f"<h2>Where frameworks part</h2><ul>{parts}</ul>" if parts else "")
         + f"<h2>Environments</h2>{environments}{errors}"
         f"<h2>Error per stage and pair</h2><p>red x: that stage's error is over its own bound</p>"

@@ -3,48 +3,49 @@
 Error measure: relative max error, max|a - b| / max|b| (b the reference: the oracle, or the second
 framework of a pair), computed per tensor. Two exceptions for gradients, both named:
 - keys whose exact value is zero (train-mode gradients of a conv bias: every conv output in a
-  DenseNet reaches the loss only through a train-mode BatchNorm, whose batch-mean subtraction cancels
-  any constant shift, so d loss / d bias = 0 exactly) are measured against the largest gradient of
-  the same family, since their computed values are pure rounding noise;
+  DenseNet reaches the loss only through a train-mode BatchNorm, whose batch-mean subtraction
+  cancels any constant shift, so d loss / d bias = 0 exactly) are measured against the largest
+  gradient of the same family, since their computed values are pure rounding noise;
 - any other gradient tensor is measured against max(its own largest entry, GRAD_FLOOR x the family's
   largest). Cancellation makes some gradients nearly zero depending on the data: the stem BN's beta
   when the max-pool passes every value of a channel (the next train-mode BNs cancel the shift),
   its gamma nearly so. Their relative error is rounding noise, not semantics.
 "step/" keys (parameters after an update) are O(1) tensors and compared as they are, with one
-float32 rule: a parameter whose gradient is exactly zero (conv biases) moves only by weight decay and
-by its gradient's rounding noise, which differs between kernels by orders of magnitude (MXNet's conv
-bias gradient noise is ~50x the oracle's). Its float32 bound adds that noise carried through the
-steps: lr * sum_k (1 - m^k) / (1 - m) * (train_grad bound * largest gradient) / max|param|
-(compare.float32_step_allowance).
-A second float32 rule, the ReLU-kink allowance (compare.float32_kink_allowance), for train_grad/ and
-step/ keys: float32 train-mode gradients are discontinuous at ReLU kinks. A BatchNorm output within
-float32 rounding of 0 flips the following ReLU's mask in whichever implementation's rounding crosses
-0, and every gradient backward reaches after it changes by that entry's upstream gradient. Measured on
-DenseNet-121, 64x64, batch 2, seed 0: of 690,176 BN outputs in blocks 2-3, 1 has |y| < 1e-6, 6
-|y| < 1e-5, 57 |y| < 1e-4 (float64); JAX flips blocks.2.layers.10.norm1 channel 365 (y = -9.3e-7):
-norm1.bias off by 1.8e-2 relative; MXNet (whose CPU BN sums means sequentially in float32: ~1.6x
-torch's forward error) flips blocks.3.layers.13.norm1 channel 574 (y = +8.5e-5): norm1.bias off by
-0.15 and 127 tensors after it in backward order. The bound above covers only flips the float32
-oracle happens to share. The rule:
+float32 rule: a parameter whose gradient is exactly zero (conv biases) moves only by weight decay
+and by its gradient's rounding noise, which differs between kernels by orders of magnitude
+(MXNet's conv bias gradient noise is ~50x the oracle's). Its float32 bound adds that noise carried
+through the steps: lr * sum_k (1 - m^k) / (1 - m) * (train_grad bound * largest gradient)
+/ max|param| (compare.float32_step_allowance).
+Float32 gradients and linear pieces (pieces.py). The network is piecewise linear in what ReLU and
+max-pool decide, and float32 train-mode gradients jump between pieces: a BatchNorm output within
+float32 rounding of 0 flips the following ReLU's mask in whichever implementation's rounding
+crosses 0, and every gradient backward reaches after it changes by that entry's upstream gradient,
+by far more than rounding (DenseNet-121, 64x64, batch 2, seed 0: of 690,176 BN outputs in blocks
+2-3, 1 has |y| < 1e-6, 6 |y| < 1e-5, 57 |y| < 1e-4; a JAX flip moved norm1.bias by 1.8e-2, an
+MXNet flip by 0.15 and 127 tensors after it). So each framework reports every BatchNorm output of
+its gradient passes (eval_piece/, train_piece/), the float64 oracle recomputes eval_grad/,
+train_grad/ and the first SGD step on that framework's own piece, and the float32 bound below is
+applied to the difference: rounding alone. e32 for those keys is itself measured on a piece: the
+float32 oracle against the float64 oracle on the float32 oracle's own piece (which differed from
+the float64 piece in 2 train-mode ReLU entries on the DenseNet-121 case above), so neither side of
+the bound holds a kink. Pairs of frameworks are compared through the oracle: a + (oracle on b's
+piece - oracle on a's piece) against b.
+The ReLU-kink fallback (kinks.py), only for a framework whose adapter says it cannot report its
+piece (Adapter.pieces_unavailable, with the reason shown in the report): train_grad/ and step/ keys
+get an allowance for every flip rounding could make.
 - near-kink: an entry of a train-mode ReLU input with |y| < FLOAT32_SAFETY x the oracle's own
-  float32 error (max-abs over that ReLU input, float32 forward against float64) - how far an
-  independent float32 implementation's BN output can be from the truth there, by the same argument
-  as the bound above (DenseNet-121 above: thresholds 4.7e-5 .. 2.4e-3; 4.9e-4 and 1.8e-3 at the
-  JAX and MXNet ReLUs; 643 entries near a kink);
+  float32 error (max-abs over that ReLU input, float32 forward against float64);
 - the float64 oracle's train-mode gradients are recomputed twice, with every near-kink derivative
   forced to 1 and then to 0; key k's allowance is max(|g_on - g| + |g_off - g|) over its entries,
-  divided by k's rel_errors denominator (a relative bound to add), and step/<p> gets it carried like
-  the conv-bias rule: lr * sum_k (1 - m^k) / (1 - m) * that abs change / max|param|. Keys that
-  backward reaches before every near-kink entry (head.fc) get nothing; with no near-kink entry, no
-  allowance. Cost: 2 forward+backward passes and 2 forwards, ~0.9x the oracle's own time.
-Known limits: exact for one flipped entry; with several, entries' effects can cancel inside the
-all-on/all-off sums, so it is not a proof for an implementation flipping a subset (with the
-threshold at 1x or 4x instead of 16x, MXNet's flip was under-covered by up to 10% on 2-3 keys). It is
-loose where many entries are near: DenseNet-121 above, 362 of 365 train_grad keys get an allowance,
-median 0.13, 289 above 0.1, largest 0.69 (blocks.3.layers.10.conv1.weight); even at 1x (45 entries)
-the median is 2.2e-2. A float32 train_grad difference of a few % there is not a verdict: that is what
-the kinks make of float32 train-mode gradients on this case. Forward keys, eval_grad and float64 are
-untouched. The step allowance is derived on case.x (the first step's batch), not on later batches.
+  divided by k's rel_errors denominator, and step/<p> gets it carried like the conv-bias rule.
+  Exact for one flipped entry, not a proof for a subset of several; loose where many entries are
+  near (DenseNet-121 above: median 0.13, largest 0.69): with it a float32 train_grad difference of
+  a few % is not a verdict, which is why it is only the fallback.
+Known limits of the piece rule: steps after the first (other batches, updated weights) take the
+float64 oracle's own pieces, so a flip there is not accounted for (the old allowance did not cover
+it either); a framework's first train step must take the same piece as its train-mode gradient
+pass (the same forward computation); exact ties between positive float32 values in a max-pool
+window are assumed to go to the first maximum.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ from __future__ import annotations
 # 1e-5: 2e-3; 'same' stem padding: 0.17; biased running variance: 1e-2).
 # Conditioning limit: a train-mode BatchNorm that sees 2 values per channel (DenseNet-121 at 32x32,
 # batch 2: the last block is 1x1) amplifies rounding so much that torch against itself with
-# channels_last differs by 1.6e-8 (train) and 4e-7 (gradients). Parity cases keep at least 2x2 at the
-# last block (DenseNet-121 at >= 64x64); eval mode has no such limit.
+# channels_last differs by 1.6e-8 (train) and 4e-7 (gradients). Parity cases keep at least 2x2 at
+# the last block (DenseNet-121 at >= 64x64); eval mode has no such limit.
 FLOAT64 = {
     "eval": 1e-10,
     "train": 1e-10,
@@ -65,6 +66,8 @@ FLOAT64 = {
     "eval_grad": 1e-9,  # backward sums over the batch and spatial positions: one more accumulation
     "train_grad": 1e-9,
     "step": 1e-9,
+    "eval_piece": 1e-10,  # BatchNorm outputs (the ReLU inputs of the gradient passes): forwards
+    "train_piece": 1e-10,
 }
 
 # float32: rounding. The bound for a key is max(FLOAT32_FLOOR[q], FLOAT32_SAFETY * e32[key]),
@@ -88,6 +91,8 @@ FLOAT32_FLOOR = {
     "eval_grad": 1e-5,
     "train_grad": 1e-4,
     "step": 1e-6,  # params after a step are O(1) and change by lr * grad: rounding of O(1) values
+    "eval_piece": 1e-5,
+    "train_piece": 1e-5,
 }
 
 

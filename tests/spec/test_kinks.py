@@ -1,25 +1,26 @@
-"""The float32 ReLU-kink allowance: gradients with near-kink ReLU masks flipped (tolerances.py)."""
+"""The float32 ReLU-kink fallback (kinks.py): gradients with near-kink ReLU masks flipped, for a
+framework that cannot report its linear piece (tolerances.py)."""
 
 import numpy as np
 import pytest
 
 from densenet_spec import reference
 from densenet_spec.case import SGDConfig, make_case
-from densenet_spec.compare import (
-    _carried,
-    _denominator,
-    family_scales,
-    float32_kink_allowance,
-    kink_thresholds,
-)
+from densenet_spec.compare import _carried, _denominator, family_scales
 from densenet_spec.config import get_preset
+from densenet_spec.kinks import float32_kink_allowance, kink_thresholds
 from densenet_spec.tolerances import FLOAT32_SAFETY
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    case = make_case(get_preset("tiny"), dtype="float32", image_size=16, steps=1,
-                     sgd=SGDConfig(lr=0.1, momentum=0.9, weight_decay=0.0))
+    case = make_case(
+        get_preset("tiny"),
+        dtype="float32",
+        image_size=16,
+        steps=1,
+        sgd=SGDConfig(lr=0.1, momentum=0.9, weight_decay=0.0),
+    )
     p64 = {k: v.astype(np.float64) for k, v in case.params.items()}
     x64 = case.x.astype(np.float64)
     _, _, truth = reference.gradients(p64, case.config, x64, case.y, True)
@@ -39,8 +40,9 @@ def test_flipping_one_near_kink_entry_is_exactly_the_allowance(tiny):
     name = "blocks.1.layers.0.norm1"
     thresholds = {name: _one_near_kink_entry(ys[name])}
     variants = [
-        reference.gradients(p64, case.config, x64, case.y, True,
-                            kink_threshold=thresholds, kink_derivative=d)[2]
+        reference.gradients(
+            p64, case.config, x64, case.y, True, kink_threshold=thresholds, kink_derivative=d
+        )[2]
         for d in (1, 0)
     ]
     # the entry's own mask is one of the two: that variant is the truth bit for bit
@@ -94,12 +96,19 @@ def test_float64_unchanged_without_thresholds(tiny):
     case, p64, x64, truth = tiny
     names = reference.relu_inputs(p64, case.config, x64)
     for d in (1, 0):
-        _, _, g = reference.gradients(p64, case.config, x64, case.y, True,
-                                      kink_threshold={n: 0.0 for n in names}, kink_derivative=d)
+        _, _, g = reference.gradients(
+            p64,
+            case.config,
+            x64,
+            case.y,
+            True,
+            kink_threshold={n: 0.0 for n in names},
+            kink_derivative=d,
+        )
         assert all(np.array_equal(g[n], truth[n]) for n in truth)
     from densenet_spec.case import as_dtype
     from densenet_spec.harness import oracle_results
 
-    truth64, errors, kinks, _ = oracle_results(as_dtype(case, "float64"))
-    assert errors is None and kinks is None
-    assert all(np.array_equal(truth64[f"train_grad/{n}"], g) for n, g in truth.items())
+    oracle = oracle_results(as_dtype(case, "float64"))
+    assert oracle.float32_errors is None and oracle.pieces is None
+    assert all(np.array_equal(oracle.truth[f"train_grad/{n}"], g) for n, g in truth.items())

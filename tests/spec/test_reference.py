@@ -313,4 +313,4 @@ def test_the_worker_entry_point_runs_the_oracle(tmp_path):
     assert main(["numpy", str(tmp_path / "case"), str(tmp_path / "out.safetensors")]) == 0
     results, info = read_results(tmp_path / "out.safetensors")
     assert set(results) == set(result_keys(case))
-    assert info["framework"] == "numpy" and info["dtype"] == "float64"
+    assert info["package"] == "numpy" and info["dtype"] == "float64"

@@ -1,0 +1,155 @@
+"""Float32 gradients compared on the implementation's own linear piece.
+
+A DenseNet is piecewise linear in everything that ReLU and max-pool decide: the gradient is the
+derivative of the linear piece the forward pass took. Every ReLU follows a BatchNorm, and in
+float32 some BatchNorm outputs lie within rounding of 0 (DenseNet-121, 64 px, batch 2: dozens of
+the 1.2M train-mode entries are within 1e-4 of 0), so two correct float32 implementations take
+different pieces in a few entries, and one flipped entry can move a gradient by far more than
+rounding (tolerances.py). So the parity check asks each implementation which piece it took:
+
+- the worker reports, with its gradients, every BatchNorm's output of the same forward pass
+  (eval_piece/<bn>, train_piece/<bn>: driver.py, case.result_keys);
+- the piece is read off those values: ReLU masks pre > 0 (every framework's ReLU takes the
+  derivative 0 at exactly 0) and the stem max-pool's choice, the first maximum in row-major
+  order of each 3x3/2 window of relu(pre["stem.norm"]), which is what every framework's pool
+  routes its gradient to. Ties at 0 do not matter: a window whose maximum is 0 holds only
+  entries with pre <= 0, whose ReLU masks are 0, so whichever one (or padding) gets the gradient,
+  it stops there. Ties between equal positive float32 values are the one assumption (first
+  maximum; a framework taking another would fail loudly, not pass);
+- the float64 oracle recomputes the gradient on exactly that piece (reference.gradients with
+  relu_masks and pool_choice: forward unchanged, backward through the given masks), and the
+  float32 gradients are compared with it; the float32 bound is the oracle's own float32 rounding
+  on its own piece (float32_errors), with no allowance for kinks.
+
+Step keys: the first SGD step's gradient is the train-mode gradient on case.x (make_case uses the
+same batch), so its piece is known and the float64 trajectory is recomputed from it; later steps
+(other batches, updated weights) take the float64 oracle's own pieces, as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from densenet_spec import reference
+from densenet_spec.case import Case, as_dtype, relu_names
+from densenet_spec.compare import rel_errors
+
+MODES = ("eval", "train")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """The linear piece of one forward pass: every ReLU's mask and the stem max-pool's choice."""
+
+    masks: dict[str, np.ndarray]  # BatchNorm name -> bool, shaped like its output
+    pool: np.ndarray | None  # stem max-pool: chosen index 0..8 per window; None without one
+
+    def same_as(self, other: Piece) -> bool:
+        return not any(differences(self, other).values())
+
+
+def piece_of(pre: dict[str, np.ndarray], config) -> Piece:
+    """The piece a forward pass took, from its BatchNorm outputs (NCHW, in its own dtype)."""
+    masks = {n: np.asarray(pre[n]) > 0 for n in relu_names(config)}
+    pool = None
+    if config.stem == "imagenet":
+        stem = np.asarray(pre["stem.norm"])
+        pool = reference.max_pool_choice(np.maximum(stem, stem.dtype.type(0)))
+    return Piece(masks, pool)
+
+
+def pieces_of(results: dict, config) -> dict[str, Piece]:
+    """{"eval": Piece, "train": Piece} from a worker's eval_piece/<bn>, train_piece/<bn> keys."""
+    return {
+        mode: piece_of({n: results[f"{mode}_piece/{n}"] for n in relu_names(config)}, config)
+        for mode in MODES
+    }
+
+
+def differences(a: Piece, b: Piece) -> dict[str, int]:
+    """How many entries sit on different pieces: per BatchNorm name (its ReLU) and "pool"
+    (windows whose max-pool choice differs); only the nonzero ones."""
+    out = {n: int(np.count_nonzero(m != b.masks[n])) for n, m in a.masks.items()}
+    if a.pool is not None and b.pool is not None:
+        out["pool"] = int(np.count_nonzero(a.pool != b.pool))
+    return {k: v for k, v in out.items() if v}
+
+
+def summary(a: dict[str, Piece], b: dict[str, Piece]) -> dict:
+    """Per mode: ReLU entries and pool windows on a different piece, and where (JSON-ready)."""
+    out = {}
+    for mode in MODES:
+        diff = differences(a[mode], b[mode])
+        pool = diff.pop("pool", 0)
+        out[mode] = {"relu": sum(diff.values()), "pool": pool, "where": diff}
+    return out
+
+
+def oracle_pieces(case64: Case) -> dict[str, Piece]:
+    """The float64 oracle's own pieces on the case (its truth)."""
+    x = np.asarray(case64.x)
+    return {
+        mode: piece_of(
+            reference.relu_inputs(case64.params, case64.config, x, mode == "train"), case64.config
+        )
+        for mode in MODES
+    }
+
+
+def on_piece(case: Case, pieces: dict[str, Piece], truth: dict, own: dict[str, Piece]) -> dict:
+    """The float64 oracle's gradient keys (and step keys) on `pieces`; other keys of truth as
+    they are. own: the oracle's own pieces, for which truth already holds the answer."""
+    case64 = as_dtype(case, "float64")
+    config, x, y = case64.config, np.asarray(case64.x), np.asarray(case64.y)
+    out = dict(truth)
+    for mode in MODES:
+        if pieces[mode].same_as(own[mode]):
+            continue
+        _, grad_x, grads = reference.gradients(
+            case64.params,
+            config,
+            x,
+            y,
+            mode == "train",
+            relu_masks=pieces[mode].masks,
+            pool_choice=pieces[mode].pool,
+        )
+        out[f"{mode}_grad/input"] = grad_x
+        if mode == "train":
+            out.update({f"train_grad/{n}": g for n, g in grads.items()})
+            if "step" in case.quantities and case.steps:
+                out.update(_steps_from(case64, grads))
+    return out
+
+
+def _steps_from(case64: Case, grads: dict) -> dict:
+    """step/<name> of the float64 SGD trajectory whose first step takes `grads` (the train-mode
+    gradient on case.x); later steps take the oracle's own pieces."""
+    if not (
+        np.array_equal(case64.step_x[0], case64.x) and np.array_equal(case64.step_y[0], case64.y)
+    ):
+        return {}  # the first step is on another batch: its piece is not reported
+    params, config = case64.params, case64.config
+    _, running = reference.forward_features(params, config, np.asarray(case64.x), True)
+    state, buffers = reference.sgd_step(params, grads, None, case64.sgd)
+    state.update(running)
+    if case64.steps > 1:
+        state, buffers, _ = reference.sgd_steps(
+            state, config, case64.step_x[1:], case64.step_y[1:], case64.sgd, buffers=buffers
+        )
+    return {f"step/{n}": state[n] for n in params}
+
+
+def float32_errors(case: Case, truth: dict, own: dict[str, Piece]) -> tuple[dict, dict]:
+    """(rel_errors of the oracle's own float32 run, its pieces): against the float64 oracle on
+    the float32 oracle's own pieces, so the errors are rounding alone, never a flipped kink. The
+    float32 bounds are derived from these (tolerances.py). truth: the float64 oracle's results
+    with piece keys."""
+    case32 = dataclasses.replace(case, options={**case.options, "pieces": True})
+    ours32, _ = reference.run_case(case32)
+    pieces32 = pieces_of(ours32, case.config)
+    ref = on_piece(case, pieces32, truth, own)
+    return rel_errors(ours32, ref), pieces32
