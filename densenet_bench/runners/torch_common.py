@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from benchmarks.timing import Prepared, Request, Unsupported, synthetic_batch
+from densenet_bench.timing import Prepared, Request, Unsupported, synthetic_batch
 
 # eager is torch's standard way; channels_last (NHWC strides) and torch.compile are the fast paths
-VARIANTS = ("eager", "channels_last", "compile")
+VARIANTS = ("eager", "channels_last", "compile")  # torch.py and torchvision.py repeat it
 
 
 def device(req: Request) -> torch.device:
@@ -22,7 +24,14 @@ def device(req: Request) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare(req: Request, model, dev, infer_step, train_step, make_optimizer) -> Prepared:
+def prepare(
+    req: Request,
+    model: torch.nn.Module,
+    dev: torch.device,
+    infer_step: Callable,
+    train_step: Callable,
+    make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
+) -> Prepared:
     """Apply the variant, put model and batch on the device, close over one step."""
     x, y = synthetic_batch(req, "NCHW")
     x, y = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)

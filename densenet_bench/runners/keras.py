@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import keras
 
-from benchmarks.timing import Prepared, Request, Unsupported, official_preset, synthetic_batch
+from densenet_bench.timing import Prepared, Request, Unsupported, official_preset, synthetic_batch
 from densenet_spec.case import SGDConfig
 
 # TensorFlow backend: function (tf.function, Keras's default) and xla (jit_compile=True);

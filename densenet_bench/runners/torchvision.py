@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from benchmarks.runners import _torch_common as common
-from benchmarks.timing import Prepared, Request, official_preset
+from densenet_bench.runners import torch_common as common
+from densenet_bench.timing import Prepared, Request, official_preset
 from densenet_spec.case import SGDConfig
 
-VARIANTS = common.VARIANTS
+VARIANTS = ("eager", "channels_last", "compile")  # applied by torch_common.prepare
 
 
 def _infer_step(model, x):

@@ -1,9 +1,10 @@
 """Entry point that runs one measurement inside one framework's environment.
 
-    <env python> -m benchmarks.runner '<request json>' <result file>
+    <env python> -m densenet_bench.runner '<request json>' <result file>
 
-It imports benchmarks.runners.<module> for the request's target, whose prepare(request) builds the
-model and its synthetic batch, times it (benchmarks.timing.measure) and writes one JSON object:
+It imports densenet_bench.runners.<module> for the request's target (densenet_bench.targets),
+whose prepare(request) builds the model and its synthetic batch, times it
+(densenet_bench.timing.measure) and writes one JSON object:
 the timings, host and device memory, versions and thread counts. A target that cannot run the
 request (Unsupported) or that fails still answers, with ok false and the reason.
 """
@@ -18,7 +19,8 @@ import sys
 import time
 import traceback
 
-from benchmarks.timing import (
+from densenet_bench.targets import get_target
+from densenet_bench.timing import (
     Request,
     Unsupported,
     cpu_info,
@@ -28,27 +30,16 @@ from benchmarks.timing import (
     rss_mb,
 )
 
-# target -> module in benchmarks.runners (ours are named after the framework)
-RUNNERS = {
-    "torch": "torch",
-    "jax": "jax",
-    "tf": "tf",
-    "mx": "mx",
-    "torchvision": "torchvision",
-    "keras-tf": "keras",
-    "keras-jax": "keras",
-    "gluon": "gluon",
-}
-
 
 def run(req: Request) -> dict:
+    """Build, time and describe one measurement; never raises (the reason goes in the answer)."""
     if req.threads:
         pin(req.threads)
     out: dict = {"ok": False, "python": platform.python_version(), **cpu_info()}
     out["load_avg_start"] = list(os.getloadavg())
     try:
         start = time.perf_counter()
-        module = importlib.import_module(f"benchmarks.runners.{RUNNERS[req.target]}")
+        module = importlib.import_module(f"densenet_bench.runners.{get_target(req.target).runner}")
         if req.variant not in module.VARIANTS:
             raise Unsupported(f"{req.target} has no variant {req.variant!r} ({module.VARIANTS})")
         prepared = module.prepare(req)
@@ -59,6 +50,7 @@ def run(req: Request) -> dict:
         peak = prepared.device_peak_bytes()
         out["device_peak_mb"] = None if peak is None else peak / 2**20
         out["os_threads"] = os_threads()
+        out.update(prepared.after())
         out["ok"] = True
     except (Unsupported, NotImplementedError) as e:  # e.g. a framework without memory_efficient
         out["skipped"] = str(e)
@@ -69,7 +61,7 @@ def run(req: Request) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.gluon.model_zoo import vision
 
-from benchmarks.runners.mx import _context, _device_used, _threads  # same environment, same probes
-from benchmarks.timing import Prepared, Request, Unsupported, official_preset, synthetic_batch
+from densenet_bench.runners.mx import context, device_used, thread_settings  # same probes as ours
+from densenet_bench.timing import Prepared, Request, Unsupported, official_preset, synthetic_batch
 from densenet_spec.case import SGDConfig
 from densenet_spec.config import spatial_sizes
 
@@ -22,9 +21,10 @@ def prepare(req: Request) -> Prepared:
         raise Unsupported("the Gluon model zoo's DenseNet has no memory-efficient mode")
     last = spatial_sizes(req.densenet_config(), req.image_size, req.image_size)["blocks.3"]
     if last != (7, 7):
-        raise Unsupported("the Gluon model zoo's DenseNet ends in a fixed 7x7 average pool: "
-                          "use 224x224 images")
-    ctx = _context(req)
+        raise Unsupported(
+            "the Gluon model zoo's DenseNet ends in a fixed 7x7 average pool: use 224x224 images"
+        )
+    ctx = context(req)
     model = vision.get_model(name, pretrained=False, classes=1000)  # never download weights
     model.initialize(mx.init.Xavier(), ctx=ctx)
     if req.variant == "hybridize":
@@ -54,9 +54,8 @@ def prepare(req: Request) -> Prepared:
         sync=lambda out: mx.nd.waitall(),
         info={
             "versions": {"mxnet": mx.__version__},
-            "threads": _threads(),
+            "threads": thread_settings(),
             "device_name": str(ctx),
         },
-        device_peak_bytes=_device_used(ctx),
+        device_peak_bytes=device_used(ctx),
     )
-

@@ -1,7 +1,8 @@
 """What every runner shares: the request, the timing loop, memory readings, synthetic data.
 
-Standard library only at import time (it runs in every framework's environment, including MXNet's
-numpy 1.23 one); numpy is imported where synthetic data is made.
+Runs inside the measured process (densenet_bench.runner), in every framework's environment,
+including MXNet's numpy 1.23 one: standard library only at import time; numpy is imported where
+synthetic data is made.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from densenet_spec.config import DenseNetConfig
 
@@ -26,10 +28,11 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class Request:
-    """One measurement: a target (our framework or a peer), one variant, one mode."""
+    """One measurement: a target (our framework or a peer), one model and execution variant, one
+    mode."""
 
     target: str
-    variant: str
+    variant: str  # how the model is executed: eager, channels_last, compile, jit, xla, hybridize...
     mode: str  # infer: eval-mode forward; train: forward + backward + SGD-momentum update
     preset: str
     config: dict  # DenseNetConfig.to_dict()
@@ -41,6 +44,7 @@ class Request:
     device: str = "cpu"
     threads: int | None = None
     seed: int = 0
+    model: str | None = None  # ours: "plain" or "fast" (variants.make_model); a peer: None
 
     def densenet_config(self) -> DenseNetConfig:
         return DenseNetConfig.from_dict(self.config)
@@ -57,6 +61,8 @@ class Prepared:
     sync: Callable[[Any], None]  # returns once the step's work is finished (async dispatch)
     info: dict = field(default_factory=dict)  # versions, threads, device name
     device_peak_bytes: Callable[[], int | None] = lambda: None
+    # Extra facts read after the timed steps (so their cost is in no timing or memory reading).
+    after: Callable[[], dict] = dict
 
 
 def measure(prepared: Prepared, warmup: int, iters: int) -> dict:
@@ -181,7 +187,7 @@ def cpu_info() -> dict:
     return {"cpu": model, "cpu_count": os.cpu_count(), "usable_cpus": usable}
 
 
-def synthetic_batch(req: Request, layout: str):
+def synthetic_batch(req: Request, layout: str) -> tuple[Any, Any]:
     """Seeded float32 images (NCHW or NHWC) and integer labels, as numpy arrays."""
     import numpy as np
 

@@ -1,4 +1,5 @@
-"""Our DenseNet in TensorFlow / Keras 3, stepped by densenet_tf.train (tf.function; XLA opt-in)."""
+"""Our DenseNet in TensorFlow / Keras 3 (plain or fast model), stepped by densenet_tf.train
+(tf.function; XLA opt-in)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,23 @@ import os
 
 import tensorflow as tf
 
-from benchmarks.timing import Prepared, Request, Unsupported, synthetic_batch
+from densenet_bench.timing import Prepared, Request, Unsupported, synthetic_batch
 from densenet_spec.case import SGDConfig
 from densenet_tf import train
-from densenet_tf.model import DenseNet
+from densenet_tf.variants import make_model
 
-# function: train.py's tf.function steps; xla: the same steps with jit_compile=True
+# function: train.py's tf.function steps with the model's own jit_compile (False for the plain
+# model; the fast one leaves it to Keras, which turns XLA on only on a GPU: then it is recorded as
+# xla); xla: the same steps with jit_compile=True
 VARIANTS = ("function", "xla")
 
 
 def prepare(req: Request) -> Prepared:
     threads = _threads(req)  # before TensorFlow starts its runtime
     device_name, peak = _device(req)
-    jit = req.variant == "xla"  # jit_compile=True: XLA
     with tf.device(device_name):
-        model = DenseNet(req.densenet_config(), memory_efficient=req.memory_efficient)
+        model = make_model(req.densenet_config(), req.model, req.memory_efficient)
+        jit = True if req.variant == "xla" else None  # None: the model's model.jit_compile
         x, y = synthetic_batch(req, "NHWC")
         x, y = tf.constant(x), tf.constant(y)
         if req.mode == "infer":
@@ -35,6 +38,7 @@ def prepare(req: Request) -> Prepared:
             "versions": {"tensorflow": tf.__version__, "keras": _keras_version()},
             "threads": threads,
             "device_name": device_name,
+            "variant": "xla" if jit or bool(model.jit_compile) else "function",  # as run
         },
         device_peak_bytes=peak,
     )
