@@ -6,7 +6,15 @@ one, so results only need .asnumpy(). MXNet reads its switches from environment 
 first time an operator needs them, so environment() sets them before any operator runs here.
 
 Case options: "hybridize" (default True: the model runs as traced graphs; False: imperative),
-"mutate": "same_padding" (the harness's self-check).
+"mutate": "same_padding" (the harness's self-check), "pieces" (float32 gradient cases: every
+BatchNorm's output of the gradient pass, densenet_spec.driver). Gluon calls forward hooks only
+on blocks that run imperatively (a hybridized graph runs its children inside one cached op), so
+a pieces case takes its gradients from an imperative twin of the model whose BatchNorms carry
+forward hooks: the recorded outputs come from the very pass that computes the gradients, and
+hybridized and imperative MXNet give the same gradients bit for bit
+(tests/mx/test_mx_parity.py::test_hybridized_equals_imperative).
+Training extension (densenet_spec.training): optimizer_state, load_optimizer_state, set_lr,
+predict.
 """
 
 from __future__ import annotations
@@ -19,12 +27,14 @@ import numpy as np
 from mxnet import autograd, nd
 from mxnet.gluon import nn
 
-from densenet_mx import train
+from densenet_mx import api, train
+from densenet_mx.canonical import block_at
 from densenet_mx.model import DenseNet
 from densenet_mx.precision import max_pool_eval_grad_is_correct, precision_settings
+from densenet_mx.sgd import load_spec_buffers, spec_buffers
 from densenet_mx.variants import FAST_HYBRIDIZE, make_model
 from densenet_mx.weights import from_canonical, to_canonical
-from densenet_spec.case import Case
+from densenet_spec.case import Case, relu_names, wants_pieces
 from densenet_spec.config import same_pads
 from densenet_spec.driver import Gradients
 from densenet_spec.errors import DeviceUnavailableError
@@ -90,17 +100,27 @@ class Adapter:
             if fast
             else {},
         }
+        if wants_pieces(case):
+            self.info["pieces_recording"] = (  # info["pieces"] would mean unavailable
+                "BatchNorm outputs recorded by Gluon forward hooks in the imperative pass that "
+                "computes the gradients (hybridized == imperative bit for bit)"
+            )
         self._model = None
+        self._recorder = None  # (imperative twin, {bn name: output}) for pieces cases
+
+    def _make_model(self) -> DenseNet:
+        case = self.case
+        model = make_model(
+            case.config, case.variant, case.memory_efficient, ctx=self.ctx, dtype=case.dtype
+        )
+        if "mutate" in case.options:
+            _apply_mutation(model, case.options["mutate"], *case.x.shape[2:])
+        return model
 
     def build(self) -> DenseNet:
         if self._model is None:
-            case = self.case
-            model = make_model(
-                case.config, case.variant, case.memory_efficient, ctx=self.ctx, dtype=case.dtype
-            )
-            if "mutate" in case.options:
-                _apply_mutation(model, case.options["mutate"], *case.x.shape[2:])
-            flags = FAST_HYBRIDIZE if case.variant == "fast" else {}
+            model = self._make_model()
+            flags = FAST_HYBRIDIZE if self.case.variant == "fast" else {}
             model.hybridize(self.hybridize, **flags)  # again after a mutation's new stem
             self._model = model
         from_canonical(self._model, self.case.params)  # running statistics included
@@ -120,9 +140,42 @@ class Adapter:
         return train.loss_fn(logits, y)
 
     def gradients(self, model: DenseNet, x: nd.NDArray, y: nd.NDArray, training: bool):
+        preactivations = None
+        if wants_pieces(self.case):
+            twin, preactivations = self._recording_twin()
+            from_canonical(twin, to_canonical(model))  # the model's weights and statistics
+            preactivations.clear()
+            model = twin
         loss, grad_input, grads = train.gradients(model, x, y, training)
         params = {k: g.asnumpy() for k, g in grads.items()} if training else None
-        return Gradients(loss=loss, input=grad_input, params=params)
+        if preactivations is not None:
+            preactivations = dict(preactivations)
+        return Gradients(loss=loss, input=grad_input, params=params, preactivations=preactivations)
+
+    def _recording_twin(self) -> tuple[DenseNet, dict]:
+        """The imperative twin whose every BatchNorm records its output under its canonical
+        name (relu_names: "stem.norm", "blocks.0.layers.1.norm2", ...), built once."""
+        if self._recorder is None:
+            twin = self._make_model()
+            twin.hybridize(False)
+            outputs: dict[str, nd.NDArray] = {}
+            for name in relu_names(self.case.config):
+                block_at(twin, name).register_forward_hook(_recorder(outputs, name))
+            self._recorder = twin, outputs
+        return self._recorder
+
+    def predict(self, model: DenseNet, x: nd.NDArray) -> nd.NDArray:
+        return api.predict(model, x)
+
+    # The training extension (densenet_spec.training)
+    def optimizer_state(self, model: DenseNet, optimizer) -> dict[str, np.ndarray]:
+        return spec_buffers(model, optimizer)
+
+    def load_optimizer_state(self, model: DenseNet, optimizer, buffers: dict) -> None:
+        load_spec_buffers(model, optimizer, buffers)
+
+    def set_lr(self, optimizer, lr: float) -> None:
+        optimizer.set_learning_rate(lr)
 
     def make_optimizer(self, model: DenseNet):
         return train.make_optimizer(model, self.case.sgd)
@@ -135,6 +188,15 @@ class Adapter:
 
     def to_canonical(self, model: DenseNet) -> dict[str, np.ndarray]:
         return to_canonical(model)
+
+
+def _recorder(outputs: dict, name: str):
+    """A forward hook that keeps a block's output under `name` (the array the ReLU reads)."""
+
+    def hook(block, inputs, output):
+        outputs[name] = output.detach()
+
+    return hook
 
 
 class _Pad(nn.HybridBlock):
@@ -180,5 +242,5 @@ def _apply_mutation(model: DenseNet, kind: str, height: int, width: int) -> None
     stem.relu = old.relu
     # zeros, not -inf, before the max-pool: its input is post-ReLU (>= 0), as in densenet_tf
     stem.pool_pad = _Pad((same_pads(-(-height // 2), 3, 2), same_pads(-(-width // 2), 3, 2)), 0.0)
-    stem.pool = nn.MaxPool2D(pool_size=3, strides=2, padding=0)
+    stem.pool = type(old.pool)(pool_size=3, strides=2, padding=0)  # NaN propagation kept
     model.stem = stem

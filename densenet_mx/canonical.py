@@ -9,8 +9,15 @@ Gluon's own parameter names ("densenet0_conv0_weight") are never used.
 from __future__ import annotations
 
 from mxnet import gluon
+from mxnet.gluon.parameter import DeferredInitializationError
 
+from densenet_spec.errors import DenseNetError
 from densenet_spec.params import param_specs
+
+
+class UninitializedModelError(DenseNetError, RuntimeError):
+    """Weights read from or loaded into a Gluon model whose parameters hold no data yet."""
+
 
 # canonical leaf -> Gluon parameter attribute, for BatchNorm; conv and dense use the same names
 BN_LEAVES = {
@@ -29,8 +36,12 @@ def block_at(model: gluon.Block, path: str) -> gluon.Block:
     return block
 
 
-def parameters(model: gluon.Block) -> dict[str, gluon.Parameter]:
-    """canonical name -> the model's own Parameter, walking the spec's table of names."""
+def parameters(model: gluon.Block, *, initialized: bool = True) -> dict[str, gluon.Parameter]:
+    """canonical name -> the model's own Parameter, walking the spec's table of names.
+
+    initialized=True: UninitializedModelError, naming the canonical names, unless every
+    Parameter holds data (Gluon's own error names its internal ones, "conv0_weight").
+    """
     out = {}
     for spec in param_specs(model.config):
         block_path, leaf = spec.name.rsplit(".", 1)
@@ -43,4 +54,20 @@ def parameters(model: gluon.Block) -> dict[str, gluon.Parameter]:
     n_model = len(model.collect_params().keys())
     if n_model != len(out):
         raise AssertionError(f"model has {n_model} parameters, the spec's table {len(out)}")
+    empty = [name for name, param in out.items() if not _has_data(param)] if initialized else []
+    if empty:
+        raise UninitializedModelError(
+            f"the model is not initialized: {len(empty)} of {len(out)} parameters hold no data "
+            f"({', '.join(empty[:4])}{', ...' if len(empty) > 4 else ''}); call "
+            "model.initialize(ctx=...) first, or build it with densenet_mx.make_model / "
+            "from_preset / from_file, which return initialized models"
+        )
     return out
+
+
+def _has_data(param: gluon.Parameter) -> bool:
+    try:
+        param.data()
+    except (RuntimeError, DeferredInitializationError):
+        return False
+    return True

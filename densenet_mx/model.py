@@ -2,12 +2,14 @@
 
 from collections.abc import Callable
 
-from mxnet import autograd, nd
+from mxnet import nd
 from mxnet.gluon import nn
 
+from densenet_mx.inputs import check_input
 from densenet_mx.layers import DenseBlock, batch_norm, transition_block
+from densenet_mx.max_pool import NaNMaxPool2D
 from densenet_mx.running_stats import RunningStatsCorrection
-from densenet_spec.config import DenseNetConfig, check_input_shape
+from densenet_spec.config import DenseNetConfig
 
 
 class DenseNet(nn.HybridBlock):
@@ -17,6 +19,7 @@ class DenseNet(nn.HybridBlock):
     `model.hybridize()` traces one graph (same numbers as imperative mode). Train mode is
     autograd.record() / autograd.train_mode(). `running_stats(model)` makes the context that
     train.py runs every train step in; None keeps MXNet's own running-statistic rule.
+    `max_pool_layer`: the stem's max-pool (default max_pool.NaNMaxPool2D: NaN propagates).
     """
 
     def __init__(
@@ -25,6 +28,7 @@ class DenseNet(nn.HybridBlock):
         memory_efficient: bool = False,
         *,
         running_stats: Callable | None = RunningStatsCorrection,
+        max_pool_layer: Callable = NaNMaxPool2D,
     ):
         super().__init__()
         self.config = c = config
@@ -41,7 +45,8 @@ class DenseNet(nn.HybridBlock):
             )
             self.stem.norm = batch_norm(c.num_init_features, c)
             self.stem.relu = nn.Activation("relu")
-            self.stem.pool = nn.MaxPool2D(pool_size=3, strides=2, padding=1)
+            # parity: MXNet's max-pool skips NaN; the spec's propagates it (max_pool.py)
+            self.stem.pool = max_pool_layer(pool_size=3, strides=2, padding=1)
         else:  # "cifar"
             self.stem.conv = nn.Conv2D(
                 c.num_init_features, 3, padding=1, in_channels=c.in_channels, use_bias=c.conv_bias
@@ -69,9 +74,8 @@ class DenseNet(nn.HybridBlock):
         self.running_stats = running_stats(self) if running_stats else None
 
     def forward(self, x):
-        """Logits. The shape check runs here, outside the hybridized graph (shapes are known)."""
-        if isinstance(x, nd.NDArray):
-            check_input_shape(self.config, x.shape, "NCHW", training=autograd.is_training())
+        """Logits. The input check runs here, outside the hybridized graph (shapes are known)."""
+        check_input(self, x)  # named errors for a wrong type, dtype or shape
         return super().forward(x)
 
     def hybrid_forward(self, F, x):
@@ -88,7 +92,7 @@ class DenseNet(nn.HybridBlock):
         Runs stage by stage (each stage hybridized on its own when the model is), because a
         hybridized graph returns arrays, not a dict.
         """
-        check_input_shape(self.config, x.shape, "NCHW", training=autograd.is_training())
+        check_input(self, x)
         features = {}
         x = features["stem"] = self.stem(x)
         for i, block in enumerate(self.blocks):

@@ -12,6 +12,7 @@ import numpy as np
 from mxnet import autograd, gluon, nd
 
 from densenet_mx.canonical import parameters
+from densenet_mx.inputs import check_batch
 from densenet_mx.sgd import SpecSGD
 from densenet_spec.case import SGDConfig
 from densenet_spec.params import trainable_names
@@ -25,13 +26,14 @@ def loss_fn(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:
 
 
 def make_optimizer(model: gluon.Block, sgd: SGDConfig) -> gluon.Trainer:
-    """A Trainer with MXNet's SGD rule: mom = momentum * mom - lr * (g + wd * w); w += mom.
+    """A Trainer with the spec's SGD: buf = momentum * buf + (g + wd * w); w -= lr * buf.
 
-    At a constant lr that is the spec's update (buf = momentum * buf + (g + wd * w);
-    w -= lr * buf) with mom = -lr * buf. Every Gluon Parameter has wd_mult 1, BN gamma and beta
-    included (the Trainer hands the optimizer its Parameters, so the optimizer's name-based
-    default of no decay for names not ending in "_weight"/"_gamma" does not apply): weight decay
-    reaches every trainable tensor. float64 weights update in double (sgd.SpecSGD).
+    At a constant lr that is MXNet's own rule, mom = momentum * mom - lr * (g + wd * w);
+    w += mom, with mom = -lr * buf; sgd.SpecSGD keeps MXNet's fused kernel there and switches
+    to the spec's form for float64 weights and once trainer.set_learning_rate changes the rate.
+    Every Gluon Parameter has wd_mult 1, BN gamma and beta included (the Trainer hands the
+    optimizer its Parameters, so the optimizer's name-based default of no decay for names not
+    ending in "_weight"/"_gamma" does not apply): weight decay reaches every trainable tensor.
     """
     optimizer = SpecSGD(momentum=sgd.momentum, learning_rate=sgd.lr, wd=sgd.weight_decay)
     # Sorted by size: a fused float32 update loops over its largest tensor's length for each of
@@ -42,6 +44,7 @@ def make_optimizer(model: gluon.Block, sgd: SGDConfig) -> gluon.Trainer:
 
 def train_step(model: gluon.Block, trainer: gluon.Trainer, x, y) -> nd.NDArray:
     """Forward in train mode, backward, one SGD update; running stats updated once."""
+    check_batch(model, x, y, training=True)  # named errors before any state changes
     with _running_stats_update(model, x.shape):
         with autograd.record():
             loss = loss_fn(model(x), y)
@@ -67,6 +70,7 @@ def gradients(model: gluon.Block, x, y, training: bool):
     "imagenet" stem in float32 is then wrong. Run with MXNET_MKLDNN_ENABLED=0 in the environment
     before the first MXNet operator runs (adapter.environment does).
     """
+    check_batch(model, x, y, training)
     x = x.copy()
     x.attach_grad()
     with _running_stats_update(model, x.shape) if training else nullcontext():

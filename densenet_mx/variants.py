@@ -18,7 +18,7 @@ import mxnet as mx
 
 from densenet_mx.model import DenseNet
 from densenet_mx.running_stats import RunningStatsCorrection, scale_in_one_call
-from densenet_spec.config import DenseNetConfig
+from densenet_spec.config import DenseNetConfig, check_float_dtype
 from densenet_spec.errors import UnknownVariantError
 from densenet_spec.frameworks import VARIANTS
 
@@ -38,8 +38,10 @@ def make_model(
     """The variant's DenseNet, initialized on ctx (default: CPU) in dtype, ready to run.
 
     memory_efficient=True raises NotImplementedError (MXNet 1.9 Gluon cannot recompute in
-    backward; see layers.DenseBlock). Another variant raises UnknownVariantError.
+    backward; see layers.DenseBlock). Another variant raises UnknownVariantError, a dtype other
+    than float32 / float64 DTypeError (before anything is built).
     """
+    dtype = check_float_dtype(dtype, "model")
     if variant not in VARIANTS:
         raise UnknownVariantError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     if variant == "fast":

@@ -376,12 +376,16 @@ def check_labels(config: DenseNetConfig, labels, batch: int) -> None:
     from densenet_spec.errors import LabelError
 
     shape = tuple(getattr(labels, "shape", ()))
-    kind = np.dtype(str(getattr(labels, "dtype", "object")).replace("torch.", "")).kind
+    dtype = getattr(labels, "dtype", None)
+    try:  # NumPy, JAX, TF (as_numpy_dtype) and MXNet (a NumPy type) dtypes
+        kind = np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).kind
+    except TypeError:  # torch: "torch.int64"
+        kind = np.dtype(str(dtype).replace("torch.", "")).kind if dtype is not None else "O"
     if kind not in "iu":
-        raise LabelError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        raise LabelError(f"labels must be integer class indices, got dtype {dtype}")
     if len(shape) != 1 or shape[0] != batch:
         raise LabelError(f"labels must have shape ({batch},), one per image, got {shape}")
-    values = np.asarray(labels)
+    values = labels.asnumpy() if hasattr(labels, "asnumpy") else np.asarray(labels)
     if values.size and (values.min() < 0 or values.max() >= config.num_classes):
         bad = values[(values < 0) | (values >= config.num_classes)]
         raise LabelError(
