@@ -15,10 +15,11 @@ torch = pytest.importorskip("torch")
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.checkpoint import checkpoint  # noqa: E402
 
-import densenet_torch.layers as layers  # noqa: E402
+import densenet_torch.memory_efficient as memory_efficient_module  # noqa: E402
 from densenet_spec.case import SGDConfig, make_case  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
-from densenet_torch import DenseNet  # noqa: E402
+from densenet_torch import DenseNet, make_model  # noqa: E402
+from densenet_torch.memory_efficient import MemoryEfficientDenseBlock  # noqa: E402
 from densenet_torch.train import make_optimizer, train_step  # noqa: E402
 from densenet_torch.weights import from_canonical, to_canonical  # noqa: E402
 
@@ -31,7 +32,7 @@ CONFIGS = {
 def _one_step(config, memory_efficient):
     """Running statistics (canonical name -> array) after one float64 train step."""
     case = make_case(config, batch=2, image_size=16, steps=1)
-    model = DenseNet(config, memory_efficient=memory_efficient).to(torch.float64)
+    model = make_model(config, memory_efficient=memory_efficient, dtype=torch.float64)
     from_canonical(model, case.params)
     optimizer = make_optimizer(model, SGDConfig())
     train_step(model, optimizer, torch.from_numpy(case.x), torch.from_numpy(case.y))
@@ -72,12 +73,12 @@ def test_memory_efficient_reruns_the_batchnorms_but_no_convolution(name):
     train step runs exactly as many convolutions as without checkpointing."""
     convolutions = {}
     for memory_efficient in (False, True):
-        model = DenseNet(CONFIGS[name], memory_efficient=memory_efficient)
+        model = make_model(CONFIGS[name], memory_efficient=memory_efficient)
         layer = model.blocks[0].layers[1]
         norms = [m for m in layer.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         calls = []
         for norm in norms:
-            norm.register_forward_hook(lambda module, args, out: calls.append(module))
+            norm.register_forward_hook(lambda module, args, out, calls=calls: calls.append(module))
         model.train()
         with _CountConvolutions() as count:
             model(torch.randn(2, 3, 16, 16)).sum().backward()
@@ -109,8 +110,20 @@ def test_naive_checkpoint_updates_running_stats_twice():
 
 def test_without_scratch_stats_the_comparison_fails(monkeypatch):
     """Swap the fix out (recompute with the real buffers): the once-per-step test would fail."""
-    monkeypatch.setattr(layers, "_scratch_running_stats", lambda module: contextlib.nullcontext())
+    monkeypatch.setattr(
+        memory_efficient_module, "scratch_running_stats", lambda module: contextlib.nullcontext()
+    )
     plain, _ = _one_step(CONFIGS["tiny"], memory_efficient=False)
     naive, naive_counts = _one_step(CONFIGS["tiny"], memory_efficient=True)
     assert _max_diff(naive, plain) > 1e-3
     assert 2 in naive_counts.values()
+
+
+def test_memory_efficient_block_is_injected_with_the_same_state_dict():
+    """make_model(memory_efficient=True) is DenseNet(config, dense_block=MemoryEfficientDenseBlock):
+    same parameter and buffer names, so canonical weights load into either."""
+    config = CONFIGS["tiny"]
+    plain = DenseNet(config)
+    efficient = make_model(config, memory_efficient=True)
+    assert all(type(b) is MemoryEfficientDenseBlock for b in efficient.blocks)
+    assert list(efficient.state_dict()) == list(plain.state_dict())

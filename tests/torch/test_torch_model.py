@@ -11,9 +11,9 @@ from densenet_spec.errors import InputShapeError  # noqa: E402
 from densenet_spec.params import count_parameters, param_specs, stage_names  # noqa: E402
 from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 from densenet_torch import DenseNet  # noqa: E402
+from densenet_torch.batchnorm import BiasedVarBatchNorm2d, spec_batch_norm  # noqa: E402
 from densenet_torch.layers import batch_norm  # noqa: E402
 from densenet_torch.weights import to_canonical  # noqa: E402
-
 
 VARIANTS = {
     "tiny": get_preset("tiny"),
@@ -57,13 +57,13 @@ def test_to_canonical_names_and_shapes(name):
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_forward_features_stages_and_shapes(name):
+def test_stage_outputs_stages_and_shapes(name):
     config = VARIANTS[name]
     size = max(min_image_size(config), 8)
     x = torch.randn(2, config.in_channels, size, size)
     model = DenseNet(config).eval()
     with torch.no_grad():
-        features = model.forward_features(x)
+        features = model.stage_outputs(x)
         logits = model(x)
     assert list(features) == stage_names(config)
     sizes = spatial_sizes(config, size, size)
@@ -93,10 +93,35 @@ def test_every_parameter_gets_a_gradient():
     assert missing == []
 
 
-def test_batch_norm_settings_follow_config():
-    config = get_preset("tiny").replace(bn_eps=1e-3, bn_momentum=0.01)
-    bn = batch_norm(4, config)
+@pytest.mark.parametrize("norm_layer", [batch_norm, spec_batch_norm])
+@pytest.mark.parametrize("rule", ["unbiased", "biased"])
+def test_batch_norm_settings_follow_config(norm_layer, rule):
+    config = get_preset("tiny").replace(bn_eps=1e-3, bn_momentum=0.01, bn_running_var=rule)
+    bn = norm_layer(4, config)
     assert (bn.eps, bn.momentum) == (1e-3, 0.01)
+
+
+def test_layers_batch_norm_is_torchs_own():
+    """The teaching file's batch_norm chooses nothing: torch's BatchNorm2d whatever the rule."""
+    for rule in ("unbiased", "biased"):
+        assert type(batch_norm(4, get_preset("tiny").replace(bn_running_var=rule))) is (
+            torch.nn.BatchNorm2d
+        )
+
+
+@pytest.mark.parametrize(
+    "rule, cls", [("unbiased", torch.nn.BatchNorm2d), ("biased", BiasedVarBatchNorm2d)]
+)
+def test_default_norm_layer_follows_the_running_var_rule(rule, cls):
+    """DenseNet(config) injects the biased-variance BatchNorm only when the config asks for it;
+    an explicit norm_layer is used as given."""
+    config = get_preset("tiny").replace(bn_running_var=rule)
+    norms = [m for m in DenseNet(config).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and {type(m) for m in norms} == {cls}
+    forced = DenseNet(config, norm_layer=batch_norm)
+    assert {type(m) for m in forced.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {
+        torch.nn.BatchNorm2d
+    }
 
 
 @pytest.mark.parametrize(
@@ -114,14 +139,14 @@ def test_bad_input_raises_input_shape_error(shape, training, match):
     with pytest.raises(InputShapeError, match=match):
         model(x)
     with pytest.raises(InputShapeError, match=match):
-        model.forward_features(x)
+        model.stage_outputs(x)
 
 
 @pytest.mark.parametrize("rule", ["unbiased", "biased"])
 def test_batch_norm_running_var_rule(rule):
     """Normalisation always uses the biased batch variance; the running update follows the rule."""
     config = get_preset("tiny").replace(bn_running_var=rule)
-    bn = batch_norm(3, config).to(torch.float64).train()
+    bn = spec_batch_norm(3, config).to(torch.float64).train()
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
     y = bn(x)
     var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)

@@ -1,8 +1,9 @@
 """The torch DenseNet against the NumPy oracle (densenet_spec.reference) and against itself.
 
 float64: every quantity within the tolerance table (semantics). float32: within the bound derived
-from the oracle's own float32 rounding on the same case. Plus finite differences of the oracle's
-loss, memory_efficient == plain and channels_last == plain.
+from the oracle's own float32 rounding on the same case. Both variants (plain, fast), memory-
+efficient too. Plus finite differences of the oracle's loss, memory_efficient == plain and
+channels_last == plain.
 """
 
 import dataclasses
@@ -18,12 +19,18 @@ from densenet_spec import reference  # noqa: E402
 from densenet_spec.case import PARITY_CASES, as_dtype, make_case, parity_case  # noqa: E402
 from densenet_spec.compare import assert_close, rel_errors  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
+from densenet_spec.driver import run_case as drive  # noqa: E402
 from densenet_torch import DenseNet  # noqa: E402
+from densenet_torch.adapter import Adapter  # noqa: E402
 from densenet_torch.train import gradients  # noqa: E402
 from densenet_torch.weights import from_canonical  # noqa: E402
-from densenet_torch.worker import run_case  # noqa: E402
 
 CASES = PARITY_CASES
+VARIANTS = ["plain", "fast"]
+
+
+def run_case(case):
+    return drive(case, Adapter(case))
 
 
 def _case(name, dtype="float64", **changes):
@@ -42,30 +49,49 @@ def _oracle64_of_float32(name):
 
 
 @functools.cache
-def _torch(name, dtype="float64", memory_efficient=False, channels_last=False):
-    case = _case(name, dtype, memory_efficient=memory_efficient,
-                 options={"channels_last": channels_last})
+def _torch(name, dtype="float64", memory_efficient=False, channels_last=False, variant="plain"):
+    case = _case(
+        name,
+        dtype,
+        memory_efficient=memory_efficient,
+        variant=variant,
+        options={"channels_last": channels_last},
+    )
     return run_case(case)[0]
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", list(CASES))
-def test_float64_matches_oracle(name):
-    assert_close(_torch(name), _oracle(name), "float64")
+def test_float64_matches_oracle(name, variant):
+    assert_close(_torch(name, variant=variant), _oracle(name), "float64")
 
 
-def test_densenet121_32px_eval_quantities():
-    case = make_case(get_preset("densenet121"), batch=2, image_size=32, steps=1,
-                     quantities=("eval", "grad"))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_memory_efficient_float64_matches_oracle(variant):
+    assert_close(_torch("tiny", memory_efficient=True, variant=variant), _oracle("tiny"), "float64")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_densenet121_32px_eval_quantities(variant):
+    case = make_case(
+        get_preset("densenet121"),
+        batch=2,
+        image_size=32,
+        steps=1,
+        quantities=("eval", "grad"),
+        variant=variant,
+    )
     ours, oracle = run_case(case)[0], reference.run_case(case)[0]
     keep = [k for k in oracle if k.startswith(("eval/", "loss/eval", "eval_grad/"))]
     assert_close({k: ours[k] for k in keep}, {k: oracle[k] for k in keep}, "float64")
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", ["tiny", "d2l"])
-def test_float32_matches_oracle_within_derived_bound(name):
+def test_float32_matches_oracle_within_derived_bound(name, variant):
     oracle64 = _oracle64_of_float32(name)
     oracle32 = _oracle(name, "float32")
-    ours = _torch(name, "float32")
+    ours = _torch(name, "float32", variant=variant)
     assert {v.dtype for v in ours.values()} == {np.dtype("float32")}
     assert_close(ours, oracle64, "float32", float32_errors=rel_errors(oracle32, oracle64))
 
@@ -134,3 +160,23 @@ def test_gradients_match_finite_differences_of_oracle_loss(training):
             down = oracle_loss(params)
             fd = (up - down) / (2 * FD_STEP)
             assert abs(g[idx] - fd) <= bound, (name, idx, g[idx], fd)
+
+
+@pytest.mark.parametrize(
+    "variant, memory_efficient", [("plain", False), ("fast", False), ("plain", True)]
+)
+def test_linear_pieces_match_oracle(variant, memory_efficient):
+    """With the "pieces" option the adapter reports every BatchNorm's output of its gradient
+    passes (the ReLU's input, copied before the in-place ReLU), as the oracle does."""
+    case = _case(
+        "tiny",
+        memory_efficient=memory_efficient,
+        variant=variant,
+        options={"pieces": True},
+        quantities=("grad",),
+    )
+    ours, oracle = run_case(case)[0], reference.run_case(case)[0]
+    pieces = [k for k in oracle if "_piece/" in k]
+    assert pieces and {k for k in ours if "_piece/" in k} == set(pieces)
+    assert min(float(ours[k].min()) for k in pieces) < 0  # not the ReLU's output
+    assert_close(ours, oracle, "float64")

@@ -40,8 +40,12 @@ def _params(dtype=np.float64, config=CONFIG):
 
 def _raw_file(path, tensors, config=CONFIG):
     """A safetensors file with our metadata but unchecked contents (what a buggy writer makes)."""
-    metadata = {"format": weightfile.FORMAT, "format_version": weightfile.FORMAT_VERSION,
-                "config": config.to_json(), "dtype": "float64"}
+    metadata = {
+        "format": weightfile.FORMAT,
+        "format_version": weightfile.FORMAT_VERSION,
+        "config": config.to_json(),
+        "dtype": "float64",
+    }
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata)
 
 

@@ -1,5 +1,6 @@
-"""densenet_torch.worker: devices, the settings it applies, the real worker entry point."""
+"""densenet_torch.adapter: devices, the settings it applies, the real worker entry point."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,12 +15,19 @@ from densenet_spec import reference  # noqa: E402
 from densenet_spec.case import make_case, read_results, result_keys, write_case  # noqa: E402
 from densenet_spec.compare import assert_close  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
+from densenet_spec.driver import run_case as drive  # noqa: E402
 from densenet_spec.errors import DeviceUnavailableError  # noqa: E402
 from densenet_spec.testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
-from densenet_torch import worker  # noqa: E402
-from densenet_torch.worker import _precision_settings, environment, run_case  # noqa: E402
+from densenet_torch.adapter import Adapter, environment  # noqa: E402
+from densenet_torch.precision import SETTINGS, precision_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_case(case):
+    return drive(case, Adapter(case))
+
+
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 
 
@@ -46,26 +54,26 @@ def test_tpu_is_not_supported():
 
 def test_gpu_precision_settings_turn_tf32_off_and_cudnn_deterministic():
     """What a gpu run would set, checked without a GPU: the names are torch's own attributes."""
-    settings = _precision_settings("gpu", "float32")
+    settings = precision_settings("gpu", "float32")
     assert settings["torch.backends.cuda.matmul.allow_tf32"] is False  # matmul: no TF32
     assert settings["torch.backends.cudnn.allow_tf32"] is False  # convolutions: no TF32
     assert settings["torch.backends.cudnn.deterministic"] is True
     assert settings["torch.backends.cudnn.benchmark"] is False
     assert settings["torch.use_deterministic_algorithms"] == "warn_only"
     assert settings["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-    assert _precision_settings("gpu", "float64") == settings
+    assert precision_settings("gpu", "float64") == settings
     with pytest.raises(ValueError, match="float16"):
-        _precision_settings("gpu", "float16")
+        precision_settings("gpu", "float16")
 
 
 def test_gpu_environment_applies_exactly_the_gpu_settings(monkeypatch):
-    """environment("gpu") with torch told a GPU is there: every setting is applied through the
-    worker's table and read back (on CPU these flags change nothing; restored afterwards)."""
+    """environment("gpu") with torch told a GPU is there: every setting is applied through
+    precision.SETTINGS and read back (on CPU these flags change nothing; restored afterwards)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stand-in GPU")
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # overridden, restored on teardown
-    settings = _precision_settings("gpu", "float32")
-    before = {n: worker._SETTINGS[n][1]() for n in settings if n != "CUBLAS_WORKSPACE_CONFIG"}
+    settings = precision_settings("gpu", "float32")
+    before = {n: SETTINGS[n][1]() for n in settings if n != "CUBLAS_WORKSPACE_CONFIG"}
     try:
         info = environment("gpu", "float32")
         assert torch.backends.cuda.matmul.allow_tf32 is False
@@ -73,7 +81,7 @@ def test_gpu_environment_applies_exactly_the_gpu_settings(monkeypatch):
         assert torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         for name, value in before.items():
-            worker._SETTINGS[name][0](value)
+            SETTINGS[name][0](value)
     assert info["precision"] == settings
     assert info["device_name"] == "stand-in GPU"
 
@@ -81,36 +89,69 @@ def test_gpu_environment_applies_exactly_the_gpu_settings(monkeypatch):
 def test_cpu_precision_settings_are_what_a_cpu_run_records():
     case = make_case(get_preset("tiny"), batch=2, image_size=16, quantities=("eval",))
     _, info = run_case(case)
-    assert info["precision"] == _precision_settings("cpu", "float64")
+    assert info["precision"] == precision_settings("cpu", "float64")
     assert info["precision"] == {"torch.use_deterministic_algorithms": True}
     assert torch.are_deterministic_algorithms_enabled()
     assert not torch.is_deterministic_algorithms_warn_only_enabled()
 
 
-def test_result_keys_and_layout():
-    case = make_case(get_preset("tiny"), batch=2, image_size=16, steps=1,
-                     options={"channels_last": True})
+@pytest.mark.parametrize(
+    "variant, options", [("plain", {"channels_last": True}), ("fast", {})], ids=["option", "fast"]
+)
+def test_result_keys_and_layout(variant, options):
+    case = make_case(
+        get_preset("tiny"), batch=2, image_size=16, steps=1, variant=variant, options=options
+    )
     results, info = run_case(case)
     assert list(results) == result_keys(case)
     assert results["eval/stem"].shape == (2, 7, 4, 4)  # NCHW even with channels_last
     assert info["channels_last"] is True and info["memory_efficient"] is False
+    assert info["fast_paths"] == (["channels_last"] if variant == "fast" else [])
+
+
+def test_build_returns_a_fresh_model_in_the_case_variant():
+    case = make_case(
+        get_preset("tiny"), batch=2, image_size=16, variant="fast", memory_efficient=True
+    )
+    adapter = Adapter(case)
+    first, second = adapter.build(), adapter.build()
+    assert first is not second
+    conv = first.stem.conv.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dtype == torch.float64
+    assert type(first.blocks[0]).__name__ == "MemoryEfficientDenseBlock"
+
+
+def test_threads_option_sets_torch_threads():
+    before = torch.get_num_threads()
+    case = make_case(get_preset("tiny"), batch=2, image_size=16, options={"threads": 1})
+    try:
+        assert Adapter(case).info["num_threads"] == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def _worker(case_dir, out, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "densenet_spec.worker", "torch", str(case_dir), str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "densenet_spec.worker", "densenet_torch", str(case_dir), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
 
 
-def test_worker_entry_point_matches_oracle(tmp_path):
-    case = make_case(get_preset("tiny"), batch=2, image_size=16, steps=2, memory_efficient=True)
+@pytest.mark.parametrize("variant", ["plain", "fast"])
+def test_worker_entry_point_matches_oracle(tmp_path, variant):
+    case = make_case(
+        get_preset("tiny"), batch=2, image_size=16, steps=2, memory_efficient=True, variant=variant
+    )
     write_case(case, tmp_path / "case")
     proc = _worker(tmp_path / "case", tmp_path / "r.safetensors")
     assert proc.returncode == 0, proc.stderr
     results, info = read_results(tmp_path / "r.safetensors")
-    assert info["framework"] == "torch" and info["memory_efficient"] is True
+    assert info["package"] == "densenet_torch" and info["memory_efficient"] is True
+    assert info["variant"] == variant
     assert_close(results, reference.run_case(case)[0], "float64")
 
 
@@ -124,8 +165,9 @@ def test_worker_entry_point_gpu_exits_2_with_named_error(tmp_path):
     assert not (tmp_path / "r.safetensors").exists()
 
 
-def test_same_padding_mutation_changes_only_the_stem_padding():
-    check_same_padding_mutation(run_case)
+@pytest.mark.parametrize("variant", ["plain", "fast"])
+def test_same_padding_mutation_changes_only_the_stem_padding(variant):
+    check_same_padding_mutation(lambda case: run_case(dataclasses.replace(case, variant=variant)))
 
 
 def test_unknown_or_inapplicable_mutation_raises():
