@@ -1,8 +1,8 @@
 """DenseNet in TensorFlow with Keras 3 layers (NHWC inside), checked against the NumPy oracle.
 
 The public names below are imported on first use, not here: TensorFlow reads
-TF_ENABLE_ONEDNN_OPTS once, when it is imported, and densenet_tf.worker must set it first
-(`import densenet_tf.worker` runs this file before the worker's own first line).
+TF_ENABLE_ONEDNN_OPTS once, when it is imported, and densenet_tf.adapter must set it first
+(`import densenet_tf.adapter` runs this file before the adapter's own first line).
 """
 
 import importlib
@@ -22,6 +22,7 @@ _EXPORTS = {
     "from_canonical": "weights",
     "save_weights": "weights",
     "load_weights": "weights",
+    "make_model": "variants",
 }
 __all__ = list(_EXPORTS)
 

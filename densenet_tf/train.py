@@ -1,6 +1,7 @@
 """Loss, the spec's SGD, one compiled train step, an eval step, gradients for the parity checks.
 
-Steps are compiled with tf.function (jit_compile=True adds XLA). Inputs are NHWC.
+Steps are compiled with tf.function; XLA (jit_compile) where the model's own Keras setting
+model.jit_compile says so (variants.make_model sets it), or where the caller asks. Inputs are NHWC.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ import numpy as np
 import tensorflow as tf
 
 from densenet_spec.case import SGDConfig
-from densenet_tf.weights import _to_canonical_array, _variables
+from densenet_tf.canonical import named_variables, to_canonical_array
 
 
-def loss_fn(logits, labels):
+def loss_fn(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Mean cross-entropy over the batch; integer labels."""
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     return tf.reduce_mean(losses)
 
 
-def make_optimizer(model, sgd: SGDConfig) -> keras.optimizers.Optimizer:
+def make_optimizer(model: keras.Model, sgd: SGDConfig) -> keras.optimizers.Optimizer:
     """keras.optimizers.SGD set to the spec's rule, built for the model's trainable variables.
 
     Keras keeps lr inside the velocity (v = m * v - lr * g; p += v); at a constant lr that is the
@@ -42,25 +43,37 @@ def make_optimizer(model, sgd: SGDConfig) -> keras.optimizers.Optimizer:
     return optimizer
 
 
-def train_step(model, optimizer, x, y, *, jit_compile: bool = False):
-    """Forward in train mode, backward, one SGD update (running stats updated once); the loss."""
+def train_step(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    x: tf.Tensor,
+    y: tf.Tensor,
+    *,
+    jit_compile: bool | None = None,
+) -> tf.Tensor:
+    """Forward in train mode, backward, one SGD update (running stats updated once); the loss.
+
+    jit_compile: XLA or not; None takes the model's keras setting, model.jit_compile.
+    """
     return _compiled(model, _train_step, jit_compile)(model, optimizer, x, y)
 
 
-def eval_step(model, x, *, jit_compile: bool = False):
-    """Logits in eval mode (running statistics)."""
+def eval_step(model: keras.Model, x: tf.Tensor, *, jit_compile: bool | None = None) -> tf.Tensor:
+    """Logits in eval mode (running statistics); jit_compile as in train_step."""
     return _compiled(model, _eval_step, jit_compile)(model, x)
 
 
-def gradients(model, x, y, training: bool):
+def gradients(
+    model: keras.Model, x: tf.Tensor, y: tf.Tensor, training: bool
+) -> tuple[tf.Tensor, tf.Tensor, dict[str, np.ndarray]]:
     """(loss, d loss / d x in NHWC, {canonical name: gradient in canonical layout})."""
     x = tf.convert_to_tensor(x)
-    named = {n: v for n, v in _variables(model).items() if v.trainable}
+    named = {n: v for n, v in named_variables(model).items() if v.trainable}
     with tf.GradientTape() as tape:
         tape.watch(x)
         loss = loss_fn(model(x, training=training), y)
     grad_x, grads = tape.gradient(loss, (x, list(named.values())))
-    grads = {n: _to_canonical_array(g.numpy()) for n, g in zip(named, grads)}
+    grads = {n: to_canonical_array(g.numpy()) for n, g in zip(named, grads)}
     return loss, grad_x, grads
 
 
@@ -89,8 +102,9 @@ def _eval_step(model, x):
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _compiled(model, fn, jit_compile: bool):
+def _compiled(model, fn, jit_compile: bool | None):
     """The model's tf.function for `fn` (traced on first use, again for a new input shape)."""
+    jit_compile = bool(model.jit_compile if jit_compile is None else jit_compile)
     functions = _COMPILED.setdefault(model, {})
     if (fn, jit_compile) not in functions:
         functions[(fn, jit_compile)] = tf.function(fn, jit_compile=jit_compile)

@@ -25,11 +25,11 @@ from densenet_spec.errors import (  # noqa: E402
     WeightKeysError,
 )
 from densenet_spec.params import count_parameters, init_params, stage_names  # noqa: E402
-from densenet_spec.tolerances import FLOAT64  # noqa: E402
 from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
-from densenet_tf import worker  # noqa: E402
-from densenet_tf.model import DenseNet  # noqa: E402
+from densenet_spec.tolerances import FLOAT64  # noqa: E402
+from densenet_tf.adapter import environment  # noqa: E402
 from densenet_tf.train import eval_step, gradients, make_optimizer, train_step  # noqa: E402
+from densenet_tf.variants import make_model  # noqa: E402
 from densenet_tf.weights import (  # noqa: E402
     from_canonical,
     load_weights,
@@ -56,7 +56,7 @@ def rel(a, b):
 def tiny64():
     """A float64 tiny DenseNet with the seeded, BN-randomised canonical weights, and a batch."""
     params = init_params(TINY, seed=0, dtype=np.float64, randomize_bn=True)
-    model = DenseNet(TINY, dtype="float64")
+    model = make_model(TINY, dtype="float64")
     from_canonical(model, params)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, 32, 32))  # NCHW, as the oracle takes it
@@ -70,7 +70,7 @@ def tiny64():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_parameter_count_matches_spec(name):
-    model = DenseNet(get_preset(name))  # every layer built at construction: weights exist now
+    model = make_model(get_preset(name))  # every layer built at construction: weights exist now
     count = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     assert count == count_parameters(get_preset(name))
     if name in PUBLISHED_PARAMETER_COUNTS:
@@ -79,9 +79,9 @@ def test_parameter_count_matches_spec(name):
     assert all(v.path.endswith(("moving_mean", "moving_variance")) for v in stats)
 
 
-def test_forward_features_keys_and_shapes(tiny64):
+def test_stage_outputs_keys_and_shapes(tiny64):
     model, _, x, _ = tiny64
-    features = model.forward_features(nhwc(x))
+    features = model.stage_outputs(nhwc(x))
     assert list(features) == stage_names(TINY)
     assert tuple(features["stem"].shape) == (2, 8, 8, TINY.num_init_features)  # NHWC
     assert tuple(features["head"].shape) == (2, TINY.num_features)
@@ -104,8 +104,8 @@ def test_same_padding_would_change_the_stem(tiny64):
         TINY.num_init_features, 7, strides=2, padding="same", dtype="float64"
     )
     same_conv.build((None, None, None, TINY.in_channels))
-    same_conv.set_weights(stem.conv.get_weights())
-    h = stem.relu(stem.norm(same_conv(nhwc(x)), training=False))
+    same_conv.set_weights(stem.get_layer("conv").get_weights())
+    h = stem.get_layer("relu")(stem.get_layer("norm")(same_conv(nhwc(x)), training=False))
     same = nchw(keras.layers.MaxPooling2D(3, strides=2, padding="same", dtype="float64")(h))
     assert same.shape == ours.shape  # same output size, different numbers
     assert rel(same, oracle["stem"]) > 1e-6
@@ -127,11 +127,12 @@ def _spec_batch_norm(x, gamma, beta, mean, var, eps=1e-5, momentum=0.1):
 def test_keras_batch_norm_defaults_would_fail_parity(tiny64):
     """eps 1e-3, momentum 0.99 (old-value weight) and the biased running variance each
     differ from the spec by far more than 1e-6."""
-    norm = tiny64[0].stem.norm  # our BN, inside a float64 model
+    norm = tiny64[0].stem.get_layer("norm")  # our BN, inside a float64 model
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, 5, 5, norm.num_features)) * 0.05  # small var: eps matters
-    gamma, beta, mean, var = (v.numpy() for v in (norm.gamma, norm.beta, norm.moving_mean,
-                                                  norm.moving_variance))
+    x = rng.standard_normal((2, 5, 5, norm.gamma.shape[0])) * 0.05  # small var: eps matters
+    gamma, beta, mean, var = (
+        v.numpy() for v in (norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance)
+    )
     y_spec, mean_spec, var_spec = _spec_batch_norm(x, gamma, beta, mean, var)
 
     def keras_bn(**kwargs):
@@ -155,24 +156,39 @@ def test_keras_batch_norm_defaults_would_fail_parity(tiny64):
 def test_batch_norm_matches_spec_and_runs_in_float64(tiny64):
     """Agreement far below float32's rounding (~1e-7), and a signal in the 9th digit that
     float32 could not even represent."""
-    model = DenseNet(TINY, dtype="float64")
+    model = make_model(TINY, dtype="float64")
     from_canonical(model, tiny64[1])
-    norm = model.stem.norm
+    norm = model.stem.get_layer("norm")
     assert all(v.dtype == "float64" for v in norm.weights)
     gamma, beta, mean, var = (v.numpy() for v in norm.weights)
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 4, 4, norm.num_features))
+    x = rng.standard_normal((2, 4, 4, norm.gamma.shape[0]))
     y = norm(tf.constant(x), training=False)
     assert y.dtype == tf.float64
     assert rel(y, (x - mean) / np.sqrt(var + 1e-5) * gamma + beta) <= 1e-14
 
-    x = 1.0 + 1e-9 * rng.standard_normal((2, 4, 4, norm.num_features))
+    x = 1.0 + 1e-9 * rng.standard_normal((2, 4, 4, norm.gamma.shape[0]))
     assert float(tf.reduce_max(tf.abs(tf.cast(x, tf.float32) - 1.0))) == 0.0  # gone in float32
     y_spec, mean_spec, var_spec = _spec_batch_norm(x, gamma, beta, mean, var)
     y = norm(tf.constant(x), training=True)
     assert rel(y, y_spec) <= 1e-6  # x - mean keeps ~7 digits of the 1e-9 signal in float64
     assert rel(norm.moving_mean, mean_spec) <= 1e-14
     assert rel(norm.moving_variance, var_spec) <= 1e-12
+
+
+@pytest.mark.parametrize("rule", ["unbiased", "biased"])
+def test_running_statistics_follow_the_configured_rule(rule):
+    """batchnorm.BatchNormalization: the spec's unbiased running variance by default, Keras's own
+    (biased) rule when the config asks for it; the output is the same either way."""
+    norm = make_model(TINY.replace(bn_running_var=rule), dtype="float64").stem.get_layer("norm")
+    x = np.random.default_rng(5).standard_normal((2, 3, 3, norm.gamma.shape[0]))
+    y_spec, mean_spec, var_spec = _spec_batch_norm(x, *(v.numpy() for v in norm.weights))
+    if rule == "biased":
+        var_spec = 0.9 * 1.0 + 0.1 * x.var(axis=(0, 1, 2))
+    y = norm(tf.constant(x), training=True)
+    assert rel(y, y_spec) <= 1e-12
+    assert rel(norm.moving_mean, mean_spec) <= 1e-14
+    assert rel(norm.moving_variance, var_spec) <= 1e-14
 
 
 def test_whole_model_float64(tiny64):
@@ -198,7 +214,7 @@ def test_bad_input_raises_input_shape_error(tiny64, shape, match):
     with pytest.raises(InputShapeError, match=match):
         model(x)
     with pytest.raises(InputShapeError, match=match):
-        model.forward_features(x)
+        model.stage_outputs(x)
 
 
 def test_train_mode_batch_of_one_pixel_is_rejected(tiny64):
@@ -219,7 +235,7 @@ def test_weight_errors(tiny64, tmp_path):
         from_canonical(model, {k: v.astype(np.float32) for k, v in params.items()})
     other = TINY.replace(num_classes=6)
     path = tmp_path / "other.safetensors"
-    save_weights(DenseNet(other, dtype="float64"), path)
+    save_weights(make_model(other, dtype="float64"), path)
     with pytest.raises(ConfigMismatchError, match="num_classes"):
         load_weights(model, path)
     np.testing.assert_array_equal(to_canonical(model)["head.fc.bias"], params["head.fc.bias"])
@@ -230,7 +246,7 @@ def test_missing_device_raises(device):
     if device == "gpu" and tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU")
     with pytest.raises(DeviceUnavailableError, match=f"tf: no {device} device"):
-        worker.environment(device, "float64")
+        environment(device, "float64")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +257,7 @@ def test_save_load_round_trip(tiny64, tmp_path):
     model, params, x, _ = tiny64
     path = tmp_path / "tiny.safetensors"
     save_weights(model, path)
-    fresh = DenseNet(TINY, dtype="float64")
+    fresh = make_model(TINY, dtype="float64")
     load_weights(fresh, path)
     for name, value in to_canonical(fresh).items():
         np.testing.assert_array_equal(value, params[name], err_msg=name)
@@ -256,7 +272,7 @@ CONV_BLOCKS = DenseNetConfig(4, (3, 2), 8, "cifar", None, 0.5, True, 3, 5)
 
 def _one_step(config, memory_efficient: bool):
     params = init_params(config, seed=0, dtype=np.float64, randomize_bn=True)
-    model = DenseNet(config, memory_efficient=memory_efficient, dtype="float64")
+    model = make_model(config, memory_efficient=memory_efficient, dtype="float64")
     from_canonical(model, params)
     rng = np.random.default_rng(4)
     x, y = nhwc(rng.standard_normal((2, 3, 32, 32))), rng.integers(0, config.num_classes, 2)
@@ -317,7 +333,7 @@ def test_memory_efficient_train_step_peak_memory():
     y = tf.constant(rng.integers(0, 10, 8))
     peaks = {}
     for memory_efficient in (False, True):
-        model = DenseNet(config, memory_efficient=memory_efficient)
+        model = make_model(config, memory_efficient=memory_efficient)
         optimizer = make_optimizer(model, SGDConfig())
         peaks[memory_efficient] = _peak_bytes(train_step, model, optimizer, x, y)
     assert peaks[True] <= 0.6 * peaks[False], peaks
@@ -335,7 +351,7 @@ def test_keras_sgd_with_python_floats_would_fail_float64_parity():
     oracle, _ = reference.run_case(case)
 
     def steps(optimizer_for):
-        model = DenseNet(TINY, dtype="float64")
+        model = make_model(TINY, dtype="float64")
         from_canonical(model, case.params)
         optimizer = optimizer_for(model)
         for k in range(case.steps):
