@@ -18,12 +18,32 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from densenet_envs.interpreters import (  # noqa: F401  (bring your own environment)
+    Interpreter,
+    InterpreterError,
+    InterpreterNotFoundError,
+    MissingPackagesError,
+    ProjectImportError,
+    UnsupportedPythonError,
+    check_interpreter,
+    check_pythons,
+    env_variable,
+    parse_python_args,
+)
 from densenet_spec.errors import EnvironmentSetupError
 from densenet_spec.frameworks import FRAMEWORKS
 
 ROOT = Path(__file__).resolve().parent.parent
 # "spec" runs the harness, the oracle and the spec tests; then one environment per framework.
 ENVIRONMENTS = ("spec",) + tuple(dict.fromkeys(f.requirements for f in FRAMEWORKS.values()))
+# On --device gpu a framework runs in <env>-gpu, built from requirements/gpu-<env>.txt.
+GPU_SUFFIX = "-gpu"
+# Frameworks without a CUDA build for current GPUs: why, for the error --device gpu gives.
+NO_GPU_BUILD = {
+    "mx": "MXNet's last CUDA wheels (mxnet-cu112/cu117 1.9.1) carry kernels for sm_50-sm_86 "
+    "only and no PTX, so they cannot run on Hopper (sm_90) or newer GPUs (tools/README.md); "
+    "bring an MXNet built for your GPU with --python mx=PATH",
+}
 
 
 def env_root() -> Path:
@@ -32,9 +52,17 @@ def env_root() -> Path:
 
 def requirements_file(name: str) -> Path:
     """requirements/<name>.txt for the spec and framework environments, and for the benchmark-only
-    ones (bench-*: the official peers, built only when densenet-bench asks for them)."""
+    ones (bench-*: the official peers, built only when densenet-bench asks for them);
+    requirements/gpu-<env>.txt for a CUDA environment <env>-gpu (env_name(..., device="gpu"))."""
     if name in FRAMEWORKS:
         name = FRAMEWORKS[name].requirements
+    if name.endswith(GPU_SUFFIX):
+        path = ROOT / "requirements" / f"gpu-{name.removesuffix(GPU_SUFFIX)}.txt"
+        if not path.exists():
+            raise EnvironmentSetupError(
+                f"unknown environment {name!r}; CUDA environments: {', '.join(gpu_environments())}"
+            )
+        return path
     path = ROOT / "requirements" / f"{name}.txt"
     if name not in ENVIRONMENTS and not (name.startswith("bench-") and path.exists()):
         raise EnvironmentSetupError(
@@ -43,9 +71,27 @@ def requirements_file(name: str) -> Path:
     return path
 
 
-def env_name(name: str) -> str:
-    """The environment a framework (or an environment name) runs in."""
-    return FRAMEWORKS[name].requirements if name in FRAMEWORKS else name
+def gpu_environments() -> list[str]:
+    """The CUDA environments: <env>-gpu for every requirements/gpu-<env>.txt."""
+    files = sorted((ROOT / "requirements").glob("gpu-*.txt"))
+    return [p.stem.removeprefix("gpu-") + GPU_SUFFIX for p in files]
+
+
+def env_name(name: str, device: str = "cpu") -> str:
+    """The environment a framework (or an environment name) runs in; on device "gpu" its CUDA
+    build, <env>-gpu, from requirements/gpu-<env>.txt (EnvironmentSetupError where none exists).
+    TPU runs use the CPU environments (JAX's TPU build is not packaged here)."""
+    base = FRAMEWORKS[name].requirements if name in FRAMEWORKS else name
+    if device != "gpu" or base == "spec" or base.endswith(GPU_SUFFIX):
+        return base
+    gpu = base + GPU_SUFFIX
+    if gpu not in gpu_environments():
+        from densenet_envs.interpreters import framework_of
+
+        fw = framework_of(base)
+        why = NO_GPU_BUILD.get(fw or "", f"no requirements/gpu-{base}.txt")
+        raise EnvironmentSetupError(f"no CUDA environment for {name}: {why}")
+    return gpu
 
 
 def env_python(name: str) -> Path:
@@ -136,6 +182,61 @@ def worker_env(name: str, *, parity: bool = False) -> dict:
             joined = f"{env.get(key, '')} {value}" if key.endswith("FLAGS") else value
             env[key] = joined.strip()
     return env
+
+
+def python_for(
+    name: str,
+    overrides: dict | None = None,
+    *,
+    setup: bool = True,
+    log=print,
+    device: str = "cpu",
+    framework: str | None = None,
+) -> Path:
+    """The Python that runs `name` (a framework, or an environment such as bench-torchvision):
+
+    1. an interpreter named by --python NAME=PATH (overrides) or DENSENET_PYTHON_<NAME>, for the
+       name itself or for `framework` (the framework it belongs to), checked once, never changed;
+    2. else the project's own environment for `device` (torch-gpu for --device gpu), built when
+       setup is true. Drop-in for `ensure_env(name) if setup else env_python(name)`."""
+    from densenet_envs import interpreters
+
+    framework = framework or interpreters.framework_of(name)
+    hit = interpreters.override_for(name, overrides, framework)
+    if hit is not None:
+        return interpreters.check_interpreter(hit[0], name, device=device, source=hit[1]).python
+    env = env_name(name, device)
+    python = ensure_env(env, log) if setup else env_python(env)
+    if not Path(python).exists():
+        raise EnvironmentSetupError(
+            f"no {env} environment at {python}: build it (python3 dev.py envs, or leave out "
+            f"--no-setup), or name an interpreter with --python {name}=PATH or "
+            f"{interpreters.env_variable(name)}=PATH"
+        )
+    return python
+
+
+def describe_python(
+    name: str,
+    overrides: dict | None = None,
+    *,
+    device: str = "cpu",
+    framework: str | None = None,
+) -> dict:
+    """Where `name`'s Python came from, for a run's info and report: the checked interpreter
+    (path, who named it, Python and package versions), or the built environment's path."""
+    from densenet_envs import interpreters
+
+    framework = framework or interpreters.framework_of(name)
+    hit = interpreters.override_for(name, overrides, framework)
+    if hit is not None:
+        found = interpreters.check_interpreter(hit[0], name, device=device, source=hit[1])
+        return found.to_json()
+    env = env_name(name, device)
+    return {
+        "python": str(env_python(env)),
+        "source": f"built: requirements/{requirements_file(env).name}",
+    }
 
 
 if __name__ == "__main__":

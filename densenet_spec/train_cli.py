@@ -107,6 +107,14 @@ def parse_args(argv):
         help="a checkpoint folder written by any framework (.../checkpoints/epoch-NNN)",
     )
     p.add_argument("--no-setup", action="store_true", help="do not build missing environments")
+    p.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="FRAMEWORK=PATH",
+        help="run FRAMEWORK's worker with this existing interpreter instead of the project's "
+        "environment (repeatable; or DENSENET_PYTHON_<FRAMEWORK>); checked first, never modified",
+    )
     p.add_argument("--no-plot", action="store_true")
     return p.parse_args(argv)
 
@@ -168,7 +176,11 @@ def plan(args) -> dict:
     if args.data_dir is not None and s.data != "fashion-mnist":
         raise TrainingOptionError("--data-dir: only --data fashion-mnist reads files")
     frameworks = parse_names(args.frameworks)
-    training.check_settings(s)
+    pythons = check_pythons(args, [n for n in frameworks if n != ORACLE])
+    # the schedule's horizon is known only once the data are loaded: checked again below
+    training.check_settings(
+        training.TrainSettings(**{**vars(s), "schedule_steps": max(s.schedule_steps, 1)})
+    )
     raw = datamod.load(s.data, args.data_dir)
     spe = datamod.steps_per_epoch(len(raw.train_labels), s.batch)
     total = args.epochs * spe
@@ -180,6 +192,7 @@ def plan(args) -> dict:
                 f"the checkpoint's {s.schedule} schedule was planned for {s.schedule_steps} steps; "
                 f"resume with --epochs {s.schedule_steps // spe}"
             )
+    training.check_settings(s)
     end = min(total, args.steps) if args.steps else total
     first = start.step if start else 0
     if start is not None and start.steps_per_epoch != spe:
@@ -198,10 +211,27 @@ def plan(args) -> dict:
         "first": first,
         "end": end,
         "frameworks": frameworks,
+        "pythons": pythons,
     }
 
 
-def _command(name: str, job_dir: Path, setup: bool, log) -> tuple[list[str], dict]:
+def check_pythons(args, frameworks: list[str]) -> dict[str, str]:
+    """--python FRAMEWORK=PATH values, every interpreter named there or by DENSENET_PYTHON_*
+    checked before anything runs (densenet_envs.interpreters: a named error otherwise)."""
+    import densenet_envs as envs
+    from densenet_envs.interpreters import unused_overrides
+
+    pythons = envs.parse_python_args(args.python)
+    unused = unused_overrides(pythons, frameworks)
+    if unused:
+        raise TrainingOptionError(f"--python {', '.join(unused)}: not in --frameworks")
+    envs.check_pythons(frameworks, pythons, device=args.device)
+    return pythons
+
+
+def _command(
+    name: str, job_dir: Path, setup: bool, log, pythons=None, device: str = "cpu"
+) -> tuple[list[str], dict]:
     import densenet_envs as envs
 
     if name in (ORACLE, REFERENCE):
@@ -212,19 +242,19 @@ def _command(name: str, job_dir: Path, setup: bool, log) -> tuple[list[str], dic
             "numpy",
             str(job_dir),
         ], envs.worker_env("spec")
-    python = envs.ensure_env(name, log) if setup else envs.env_python(name)
-    if not Path(python).exists():
-        raise DenseNetError(f"no {name} environment at {python} (python3 dev.py envs)")
+    python = envs.python_for(name, pythons, setup=setup, log=log, device=device)
     package = FRAMEWORKS[name].package
     return [str(python), "-m", "densenet_spec.training", package, str(job_dir)], envs.worker_env(
         name
     )
 
 
-def run_worker(name: str, job_dir: Path, setup: bool, on_record, log=print) -> dict:
+def run_worker(
+    name: str, job_dir: Path, setup: bool, on_record, log=print, *, pythons=None, device="cpu"
+) -> dict:
     """Run one job, streaming its metrics to on_record; never raises for a worker failure."""
     try:
-        cmd, env = _command(name, job_dir, setup, log)
+        cmd, env = _command(name, job_dir, setup, log, pythons, device)
     except Exception as e:
         return {"ok": False, "error": str(e)}
     seen = 0
@@ -376,8 +406,15 @@ def main(argv=None) -> int:
                     progress.update(task, acc=f"{r['test_accuracy']:.3f}")
 
             result = run_worker(
-                name, jobs[name], not args.no_setup, on_record, progress.console.print
+                name,
+                jobs[name],
+                not args.no_setup,
+                on_record,
+                progress.console.print,
+                pythons=p["pythons"],
+                device=args.device,
             )
+            result["interpreter"] = interpreter_info(name, p["pythons"], args.device)
             runs[name] = {**result, "records": records}
             if not result["ok"]:
                 progress.console.print(f"[red]{name} FAILED[/red]: {result['error']}")
@@ -398,6 +435,20 @@ def main(argv=None) -> int:
         plot(runs, out / "training.png")
         console.print(f"plot: {out / 'training.png'}")
     return 0 if all(r["ok"] for r in runs.values()) else 1
+
+
+def interpreter_info(name: str, pythons: dict, device: str) -> dict:
+    """Which Python ran `name` and where it came from (summary.json)."""
+    import platform
+
+    import densenet_envs as envs
+
+    if name in (ORACLE, REFERENCE):
+        return {"python": sys.executable, "python_version": platform.python_version()}
+    try:
+        return envs.describe_python(name, pythons, device=device)
+    except DenseNetError as e:
+        return {"error": str(e)}
 
 
 def summarize(runs: dict, s: training.TrainSettings, args) -> dict:
@@ -423,6 +474,7 @@ def summarize(runs: dict, s: training.TrainSettings, args) -> dict:
             "images_per_s": float(np.median([r["images_per_s"] for r in steps])) if steps else None,
             "checkpoints": [r["checkpoint"] for r in epochs if "checkpoint" in r],
             "info": run.get("info", {}),
+            "interpreter": run.get("interpreter"),
         }
     return {
         "settings": s.to_dict(),

@@ -236,3 +236,15 @@ def test_one_epoch_in_a_resumed_in_b_equals_two_epochs_in_a(tmp_path, two_epochs
         for k, w in tensors_w.items():
             rel = np.abs(tensors_g[k] - w).max() / max(np.abs(w).max(), 1e-300)
             assert rel <= 1e-9, (k, rel)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_a_new_run_with_a_schedule_starts(tmp_path, schedule):
+    """Regression: the schedule's horizon (epochs x steps per epoch) is set before it is checked."""
+    out = tmp_path / "run"
+    proc = train("--frameworks", "numpy", *SMALL, "--steps", "2", "--schedule", schedule,
+                 "--reference-steps", "0", "--no-plot", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lrs = [json.loads(line).get("lr") for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = [lr for lr in lrs if lr is not None]
+    assert lrs and lrs[0] == 0.05 and all(lr <= 0.05 for lr in lrs)
