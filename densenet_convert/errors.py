@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from densenet_spec.errors import DenseNetError
+from densenet_spec.errors import DenseNetError, UsageError
 
 
 class ConvertError(DenseNetError, ValueError):
@@ -27,3 +27,8 @@ class UnrecognisedConfigError(ConvertError):
 
 class FormatCannotHoldError(ConvertError):
     """The target format's official model cannot express this config (growth rate, stem, ...)."""
+
+
+class ExportTargetError(UsageError):
+    """An export target (densenet-parity --frameworks onnx) was asked for a quantity, dtype or
+    device its runtime cannot do: refused before any worker runs."""

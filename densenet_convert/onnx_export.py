@@ -9,6 +9,13 @@ by the caller (tests/torch/convert/test_onnx_export.py; the harness's onnx targe
     path = export_onnx(model, config, "densenet.onnx", image_size=64)
     check_graph("densenet.onnx", config)          # raises OnnxGraphError on a difference
     logits = run_onnxruntime("densenet.onnx", x)  # x: NCHW float32
+
+With stages=True the graph's outputs are every stage of densenet_spec.params.stage_names (the
+harness's onnx target compares each with the oracle), logits last.
+
+ONNX Runtime (1.32, CPUExecutionProvider) has no float64 kernel for Conv or AveragePool
+(BatchNormalization, Relu, MaxPool, Concat, ReduceMean and Gemm have one), so an exported
+DenseNet runs in float32 only (FLOAT64_MISSING).
 """
 
 from __future__ import annotations
@@ -21,9 +28,12 @@ import numpy as np
 
 from densenet_convert.errors import ConvertError
 from densenet_spec.config import DenseNetConfig
-from densenet_spec.params import param_specs
+from densenet_spec.params import param_specs, stage_names
 
 OPSET = 18  # torch.onnx's dynamo exporter's default; BatchNormalization-15, Conv-11, Pad-18
+# Ops of the exported DenseNet without a float64 kernel on onnxruntime's CPU provider (measured:
+# a one-node double graph per op type, onnxruntime 1.32: NOT_IMPLEMENTED for these two only).
+FLOAT64_MISSING = ("Conv", "AveragePool")
 
 
 class OnnxGraphError(ConvertError):
@@ -38,8 +48,11 @@ def export_onnx(
     image_size: int,
     batch: int = 1,
     optimize: bool = False,
+    stages: bool = False,
 ) -> Path:
     """torch.onnx.export (dynamo exporter, opset OPSET) of `model` in eval mode, atomically.
+
+    stages: the graph outputs every stage (stage_names(config), logits last), not only logits.
 
     The shapes are fixed at export (check_input_shape runs once, on the example). optimize=False:
     torch.onnx's graph optimizer (optimize=True, its default) folds every BatchNorm that follows
@@ -53,6 +66,9 @@ def export_onnx(
     example = torch.zeros(
         batch, config.in_channels, image_size, image_size, dtype=next(model.parameters()).dtype
     )
+    names = output_names(config, stages)
+    if stages:
+        model = _with_stage_outputs(model)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         program = torch.onnx.export(
@@ -61,7 +77,7 @@ def export_onnx(
             dynamo=True,
             opset_version=OPSET,
             input_names=["images"],
-            output_names=["logits"],
+            output_names=names,
             external_data=False,
             optimize=optimize,
         )
@@ -71,6 +87,26 @@ def export_onnx(
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def output_names(config: DenseNetConfig, stages: bool) -> list[str]:
+    """The graph's output names: ["logits"], or every stage name in forward order."""
+    return stage_names(config) if stages else ["logits"]
+
+
+def _with_stage_outputs(model):
+    """`model` whose forward returns stage_outputs(x) as a tuple (ONNX outputs are positional)."""
+    import torch
+
+    class StageOutputs(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return tuple(self.model.stage_outputs(x).values())
+
+    return StageOutputs(model).eval()
 
 
 def _attributes(node) -> dict:
@@ -124,12 +160,17 @@ def check_graph(path, config: DenseNetConfig) -> dict:
     return {"opset": opset, "nodes": counts, "bn_epsilons": sorted(epsilons)}
 
 
-def run_onnxruntime(path, x: np.ndarray) -> np.ndarray:
-    """Logits of the exported model on `x` (NCHW), on onnxruntime's CPU provider, one thread."""
+def session(path, threads: int = 1):
+    """An onnxruntime InferenceSession on the CPU provider (its default graph optimisations,
+    as a user runs it), `threads` intra-op threads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    (logits,) = session.run(["logits"], {"images": np.ascontiguousarray(x)})
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnxruntime(path, x: np.ndarray) -> np.ndarray:
+    """Logits of the exported model on `x` (NCHW), on onnxruntime's CPU provider, one thread."""
+    (logits,) = session(path).run(["logits"], {"images": np.ascontiguousarray(x)})
     return logits

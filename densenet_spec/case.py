@@ -211,10 +211,13 @@ def make_case(
     memory_efficient: bool = False,
     variant: str = "plain",
     options: dict | None = None,
+    params: dict | None = None,
 ) -> Case:
     """A seeded case: randomised BN (so every BN term matters), normal inputs, uniform labels.
 
-    The first optimizer step uses the same batch as the forward/gradient checks.
+    The first optimizer step uses the same batch as the forward/gradient checks. params: given
+    canonical weights (densenet-parity --weights) instead of random ones, checked against the
+    config (every name and shape) and cast to dtype; the inputs are the same either way.
     """
     from densenet_spec.config import check_input_shape
     from densenet_spec.params import init_params
@@ -240,9 +243,16 @@ def make_case(
     step_y = rng.integers(0, config.num_classes, (steps, batch)).astype(np.int64)
     if steps:
         step_x[0], step_y[0] = x, y
+    if params is None:
+        params = init_params(config, seed, dtype, randomize_bn=True)
+    else:
+        from densenet_spec.weightfile import check_tensors
+
+        check_tensors(params, config)  # WeightKeysError names what differs
+        params = {s.name: np.asarray(params[s.name], dtype=dtype) for s in param_specs(config)}
     return Case(
         config=config,
-        params=init_params(config, seed, dtype, randomize_bn=True),
+        params=params,
         x=x,
         y=y,
         step_x=step_x,

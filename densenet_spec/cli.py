@@ -8,15 +8,26 @@ import math
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+from rich.markup import escape
 
 from densenet_spec.case import DEVICES, QUANTITIES, SGDConfig, make_case
 from densenet_spec.config import PRESETS, get_preset
 from densenet_spec.errors import DenseNetError, UsageError
-from densenet_spec.frameworks import FRAMEWORKS, VARIANTS, parse_frameworks
-from densenet_spec.harness import MUTATIONS, WORKER_TIMEOUT_S, Terminated, terminate_as_interrupt
+from densenet_spec.frameworks import EXPORT_TARGETS, FRAMEWORKS, VARIANTS, parse_frameworks
+from densenet_spec.harness import (
+    MUTATIONS,
+    WORKER_TIMEOUT_S,
+    Terminated,
+    check_targets,
+    terminate_as_interrupt,
+)
 
 
 def parse_args(argv):
@@ -26,9 +37,32 @@ def parse_args(argv):
         "gradients and SGD steps, and compare each framework with the NumPy oracle and with "
         "each other.",
     )
-    p.add_argument("--preset", default="d2l", help=f"one of: {', '.join(PRESETS)} (default d2l)")
     p.add_argument(
-        "--frameworks", default=",".join(FRAMEWORKS), help="comma-separated (default: all)"
+        "--preset",
+        default=None,
+        help=f"one of: {', '.join(PRESETS)} (default d2l; with --weights the file's "
+        "architecture, which a given --preset must match)",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        metavar="FILE",
+        help="run on these weights instead of random ones: a canonical .safetensors, a "
+        "torchvision/timm state_dict (.pth, .pt, .bin, .safetensors), keras.applications "
+        "(.weights.h5, .keras) or Gluon model-zoo .params (densenet-convert reads it, the config "
+        "comes from the file)",
+    )
+    p.add_argument(
+        "--weights-format",
+        metavar="FMT",
+        help="the format of --weights when its name does not tell (canonical, torchvision, "
+        "timm, keras, gluon)",
+    )
+    p.add_argument(
+        "--frameworks",
+        default=",".join(FRAMEWORKS),
+        help="comma-separated (default: all frameworks); export targets too: "
+        f"{', '.join(EXPORT_TARGETS)} (e.g. torch,onnx --quantities eval --dtype float32)",
     )
     p.add_argument("--dtype", default="float64", choices=("float32", "float64"))
     p.add_argument("--batch", type=int, default=2)
@@ -135,10 +169,80 @@ def check_writable(path: Path, option: str, *, folder: bool) -> None:
             raise UsageError(f"{option}: {t} exists and is not writable")
 
 
-def prepare(args) -> tuple:
-    """(config, frameworks, quantities, mutations, image size) from parsed arguments, every one
-    checked before anything runs or is written; DenseNetError (UsageError, ...) names the option."""
-    config = get_preset(args.preset)
+@dataclass(frozen=True)
+class LoadedWeights:
+    """--weights, read and converted: canonical tensors, the file's config, and for the report
+    where they came from."""
+
+    config: object  # DenseNetConfig
+    params: dict
+    info: dict  # file, format, config (one line), preset, dtype
+
+
+def read_weights(
+    path: Path, fmt: str | None, preset: str | None, *, setup: bool, log
+) -> LoadedWeights:
+    """The weights of any format densenet-convert reads, converted to canonical tensors up front
+    (a framework's format in that framework's environment, built first unless --no-setup); the
+    config comes from the file. Bad files raise the converter's named errors (NotADenseNetError,
+    UnknownFormatError, UnrecognisedConfigError, ...); a --preset the file is not raises
+    UnrecognisedConfigError."""
+    from densenet_convert import formats
+    from densenet_convert.cli import convert
+    from densenet_convert.recognise import check_preset, describe, preset_name
+    from densenet_spec import weightfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--weights {path}: no such file")
+    fmt = formats.get_format(fmt).name if fmt else formats.detect_format(path, exists=True)
+    env = formats.env_for(fmt, path)
+    if setup and env != "spec":
+        import densenet_envs
+
+        densenet_envs.ensure_env(env, log)
+    with tempfile.TemporaryDirectory(prefix="densenet-parity-weights-") as tmp:
+        canonical = path
+        if fmt != "canonical":
+            canonical = Path(tmp) / "weights.safetensors"
+            convert(path, canonical, fmt, "canonical", log=_without_temporary(log))
+        params, config = weightfile.load_weights(canonical)
+    if preset:
+        check_preset(config, preset)
+    dtype = str(next(iter(params.values())).dtype)
+    info = {
+        "file": str(path),
+        "format": fmt,
+        "preset": preset_name(config),
+        "dtype": dtype,
+        "config": describe(config),
+    }
+    return LoadedWeights(config, params, info)
+
+
+def _without_temporary(log):
+    """The converter's "read FORMAT FILE: config" line; its "wrote <temporary file>" is no news."""
+
+    def quiet(message: str) -> None:
+        if not message.startswith("wrote"):
+            log(message)
+
+    return quiet
+
+
+class Prepared(NamedTuple):
+    config: object  # DenseNetConfig
+    frameworks: list
+    quantities: tuple
+    mutations: dict
+    size: int
+    weights: LoadedWeights | None = None
+
+
+def prepare(args, log=lambda *_: None) -> Prepared:
+    """(config, frameworks, quantities, mutations, image size, weights) from parsed arguments,
+    every one checked before anything runs or is written (cheap checks first, then --weights is
+    read and converted); DenseNetError (UsageError, ...) names the option."""
     frameworks = parse_frameworks(args.frameworks)
     quantities = tuple(q.strip() for q in args.quantities.split(",") if q.strip())
     if not quantities:
@@ -156,6 +260,22 @@ def prepare(args) -> tuple:
             )
         mutations[fw] = kind
     check_args(args, quantities)
+    check_targets(frameworks, quantities, args.dtype, args.device, mutations)
+    weights_arg = getattr(args, "weights", None)
+    if getattr(args, "weights_format", None) and weights_arg is None:
+        raise UsageError("--weights-format names the format of --weights: give --weights FILE")
+    weights = None
+    if weights_arg is not None:
+        weights = read_weights(
+            weights_arg,
+            args.weights_format,
+            args.preset,
+            setup=not getattr(args, "no_setup", False),
+            log=log,
+        )
+        config = weights.config
+    else:
+        config = get_preset(args.preset or "d2l")
     from densenet_spec.config import check_input_shape
     from densenet_spec.harness import default_image_size, expected_parts
 
@@ -172,7 +292,7 @@ def prepare(args) -> tuple:
             f"--batch {args.batch} x {size}x{size} images x {args.steps + 1} batches is "
             f"{elements:.2e} input values, over the {MAX_INPUT_ELEMENTS:.1e} a parity case allows"
         )
-    return config, frameworks, quantities, mutations, size
+    return Prepared(config, frameworks, quantities, mutations, size, weights)
 
 
 def main(argv=None) -> int:
@@ -182,7 +302,9 @@ def main(argv=None) -> int:
 
     console = report.console()
     try:
-        config, frameworks, quantities, mutations, size = prepare(args)
+        config, frameworks, quantities, mutations, size, weights = prepare(
+            args, log=report.logger(console)
+        )
         if args.json:
             check_writable(args.json, "--json", folder=False)
         if args.report:
@@ -201,9 +323,13 @@ def main(argv=None) -> int:
             sgd=SGDConfig(args.lr, args.momentum, args.weight_decay),
             memory_efficient=args.memory_efficient,
             variant=args.variant,
+            params=weights.params if weights else None,
         )
     except DenseNetError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {type(e).__name__}: {escape(str(e))}")
+        return 2
+    except subprocess.TimeoutExpired as e:  # a converter worker (--weights) ran too long
+        console.print(f"[bold red]error:[/] --weights: a conversion worker ran past {e.timeout} s")
         return 2
     command = "densenet-parity " + " ".join(shlex.quote(a) for a in argv)
     # Ctrl-C and SIGTERM take the same way out: the running worker's process group is killed and
@@ -218,6 +344,7 @@ def main(argv=None) -> int:
                 command=command,
                 mutations=mutations,
                 worker_timeout=args.worker_timeout,
+                weights=weights.info if weights else None,
             )
     except (KeyboardInterrupt, Terminated) as e:
         name = "SIGINT" if isinstance(e, KeyboardInterrupt) else str(e)
@@ -226,6 +353,7 @@ def main(argv=None) -> int:
         )
         return 128 + (signal.SIGINT if isinstance(e, KeyboardInterrupt) else e.signum)
     report.print_report(result, console)
+    print_sources(result, console)
     written = True
     if args.json:
         try:
@@ -261,6 +389,27 @@ def main(argv=None) -> int:
         )
         return 0 if not problems else 1
     return 0 if result.ok else 1
+
+
+def print_sources(result, console) -> None:
+    """Where the weights came from (--weights) and what each export target ran (opset, graph)."""
+    if result.weights:
+        w = result.weights
+        console.print(
+            f"weights: {escape(w['file'])} ({w['format']}, {w['dtype']}): {escape(w['config'])}"
+        )
+    for name, run in result.runs.items():
+        if name not in EXPORT_TARGETS or not run.ok:
+            continue
+        graph = run.info.get("graph", {})
+        eps = graph.get("bn_epsilons", [])
+        console.print(
+            f"{name}: {run.info.get('target', '')}, opset {run.info.get('opset')}, "
+            f"onnxruntime {run.info.get('versions', {}).get('onnxruntime')}; graph checked: "
+            f"symmetric padding, {graph.get('nodes', {}).get('BatchNormalization', 0)} "
+            f"BatchNormalization nodes, epsilon {', '.join(f'{e:g}' for e in eps)}; "
+            f"{run.info.get('float64', '')}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 Adding a framework is a package (densenet_<name>/ with the five teaching files and adapter.py, see
 docs/adding_a_framework.md) plus one entry here. The environment builder, the parity worker and
 harness, `dev.py`, the benchmarks and the structure test all iterate over FRAMEWORKS.
+
+EXPORT_TARGETS is the second, smaller table: a model exported from one framework and run by
+another runtime (ONNX Runtime), which the parity harness compares like a framework (its own
+column in the report) but which has no teaching files: an adapter package only, run in the
+environment of the framework it is exported from, for the quantities and dtypes it can do.
 """
 
 from __future__ import annotations
@@ -82,6 +87,51 @@ FRAMEWORKS: dict[str, Framework] = {
 VARIANTS = ("plain", "fast")
 
 
+@dataclass(frozen=True)
+class ExportTarget:
+    """An exported model the parity harness runs like a framework: not a framework package."""
+
+    name: str  # on the command line beside the frameworks: --frameworks torch,onnx
+    title: str  # for people
+    runs_in: str  # the FRAMEWORKS entry that exports it; its environment runs the worker
+    package: str  # <package>.adapter.Adapter: densenet_spec.driver's protocol, for `quantities`
+    quantities: tuple[str, ...]  # what it can compute (densenet_spec.case.QUANTITIES)
+    dtypes: tuple[str, ...]  # the case dtypes its runtime can run
+    devices: tuple[str, ...] = ("cpu",)
+    mutations: tuple[str, ...] = ()  # the harness's --mutate kinds it honours
+    why: str = ""  # why the quantities and dtypes are limited, for the refusal
+
+    def cannot_run(self, quantities, dtype: str, device: str) -> list[str]:
+        """What of a case this target cannot do (empty: it can run it)."""
+        out = []
+        extra = [q for q in quantities if q not in self.quantities]
+        if extra:
+            out.append(f"quantities {','.join(extra)} (it computes {','.join(self.quantities)})")
+        if dtype not in self.dtypes:
+            out.append(f"dtype {dtype} (it runs {', '.join(self.dtypes)})")
+        if device not in self.devices:
+            out.append(f"device {device} (it runs on {', '.join(self.devices)})")
+        return out
+
+
+EXPORT_TARGETS: dict[str, ExportTarget] = {
+    t.name: t
+    for t in (
+        ExportTarget(
+            name="onnx",
+            title="ONNX Runtime (torch.onnx export of densenet_torch)",
+            runs_in="torch",
+            package="densenet_convert.onnx_target",
+            quantities=("eval",),
+            dtypes=("float32",),
+            mutations=("bn_eps",),
+            why="an exported graph is an inference model (eval mode, no gradients or optimizer), "
+            "and onnxruntime's CPU provider has no float64 Conv or AveragePool kernel",
+        ),
+    )
+}
+
+
 def get_framework(name: str) -> Framework:
     from densenet_spec.errors import UnknownFrameworkError
 
@@ -93,15 +143,37 @@ def get_framework(name: str) -> Framework:
         ) from None
 
 
+def get_target(name: str) -> Framework | ExportTarget:
+    """A framework or an export target: what densenet-parity --frameworks may name."""
+    from densenet_spec.errors import UnknownFrameworkError
+
+    if name in FRAMEWORKS:
+        return FRAMEWORKS[name]
+    if name in EXPORT_TARGETS:
+        return EXPORT_TARGETS[name]
+    raise UnknownFrameworkError(
+        f"unknown framework {name!r}; known: {', '.join(FRAMEWORKS)}; "
+        f"export targets: {', '.join(EXPORT_TARGETS)}"
+    )
+
+
+def worker_framework(name: str) -> str:
+    """The framework whose environment runs `name`'s parity worker: itself, or runs_in."""
+    target = get_target(name)
+    return target.runs_in if isinstance(target, ExportTarget) else target.name
+
+
 def parse_frameworks(text: str) -> list[str]:
-    """A comma-separated --frameworks value, checked: known names, at least one, no repeats."""
+    """A comma-separated --frameworks value, checked: known names (frameworks and export
+    targets), at least one, no repeats."""
     from densenet_spec.errors import UnknownFrameworkError
 
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise UnknownFrameworkError(
-            f"no framework named in {text!r}; known: {', '.join(FRAMEWORKS)}"
+            f"no framework named in {text!r}; known: {', '.join(FRAMEWORKS)}; "
+            f"export targets: {', '.join(EXPORT_TARGETS)}"
         )
     for n in names:
-        get_framework(n)
+        get_target(n)
     return list(dict.fromkeys(names))

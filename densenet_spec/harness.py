@@ -1,9 +1,11 @@
 """The cross-framework parity run: one case, every framework in its own environment, the oracle.
 
 Each framework's worker runs as a subprocess of that framework's environment's Python and answers
-with a results file; nothing here imports a framework. Every framework is compared with the NumPy
-oracle and with every other framework (pairwise); a framework that fails to run is reported with the
-tail of its stderr while the others are still compared.
+with a results file; nothing here imports a framework. An export target (frameworks.EXPORT_TARGETS:
+onnx) runs like a framework, in the environment of the framework it is exported from, for the
+quantities it can do (check_targets refuses the others before anything runs). Every framework is
+compared with the NumPy oracle and with every other framework (pairwise); a framework that fails
+to run is reported with the tail of its stderr while the others are still compared.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from densenet_spec.compare import (
 )
 from densenet_spec.driver import DRIVER_MUTATIONS
 from densenet_spec.errors import DenseNetError, EnvironmentSetupError, WorkerResultError
-from densenet_spec.frameworks import FRAMEWORKS, get_framework
+from densenet_spec.frameworks import EXPORT_TARGETS, get_target, worker_framework
 from densenet_spec.kinks import float32_kink_allowance
 from densenet_spec.params import stage_names, trainable_names
 from densenet_spec.tolerances import family
@@ -146,6 +148,7 @@ class ParityReport:
     mutations: dict = field(default_factory=dict)
     pieces: dict = field(default_factory=dict)  # framework -> PairReport.pieces against the oracle
     piece_seconds: dict = field(default_factory=dict)  # framework -> oracle recomputation (s)
+    weights: dict = field(default_factory=dict)  # --weights: file, format, config; {}: random
 
     @property
     def ok(self) -> bool:
@@ -176,6 +179,7 @@ class ParityReport:
                 }
                 for n, r in self.runs.items()
             },
+            "weights": self.weights,
             "oracle_seconds": round(self.oracle_seconds, 3),
             "mutations": self.mutations,
             "pairs": [
@@ -198,13 +202,15 @@ class ParityReport:
 def worker_command(
     framework: str, case_dir: Path, out: Path, setup: bool, log
 ) -> tuple[list, dict]:
-    """(command, environment) that runs `framework`'s worker on case_dir, answering in `out`."""
-    python = envs.ensure_env(framework, log) if setup else envs.env_python(framework)
+    """(command, environment) that runs `framework`'s worker on case_dir, answering in `out`;
+    an export target's worker runs in the environment of the framework it is exported from."""
+    runs_in = worker_framework(framework)
+    python = envs.ensure_env(runs_in, log) if setup else envs.env_python(runs_in)
     if not Path(python).exists():
-        raise EnvironmentSetupError(f"no {framework} environment at {python}")
-    package = FRAMEWORKS[framework].package
+        raise EnvironmentSetupError(f"no {runs_in} environment at {python}")
+    package = get_target(framework).package
     cmd = [str(python), "-m", "densenet_spec.worker", package, str(case_dir), str(out)]
-    return cmd, envs.worker_env(framework, parity=True)
+    return cmd, envs.worker_env(runs_in, parity=True)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -448,6 +454,30 @@ def _shift(a: dict, ref_a: dict, ref_b: dict) -> dict:
     return out
 
 
+def check_targets(names, quantities, dtype: str, device: str, mutations: dict | None = None):
+    """ExportTargetError (named, before anything runs) where an export target among `names` is
+    asked for what it cannot do: a quantity, dtype or device, or a mutation it does not honour."""
+    from densenet_convert.errors import ExportTargetError
+
+    for name in names:
+        target = EXPORT_TARGETS.get(name)
+        if target is None:
+            continue
+        problems = target.cannot_run(quantities, dtype, device)
+        kind = (mutations or {}).get(name)
+        if kind is not None and kind not in target.mutations:
+            honoured = ", ".join(target.mutations) or "none"
+            problems.append(f"--mutate {name}:{kind} (it honours: {honoured})")
+        if problems:
+            hints = []
+            if any(p.startswith("quantities") for p in problems):
+                hints.append(f"--quantities {','.join(target.quantities)}")
+            if dtype not in target.dtypes:
+                hints.append(f"--dtype {target.dtypes[0]}")
+            hint = f" (give {' '.join(hints)})" if hints else ""
+            raise ExportTargetError(f"{name} cannot run {'; '.join(problems)}{hint}: {target.why}")
+
+
 def run_parity(
     case: Case,
     frameworks,
@@ -458,12 +488,17 @@ def run_parity(
     command: str = "",
     mutations: dict[str, str] | None = None,
     worker_timeout: float = WORKER_TIMEOUT_S,
+    weights: dict | None = None,
 ) -> ParityReport:
+    """Every framework (and export target) on `case`, compared with the oracle and pairwise.
+
+    weights: where the case's parameters came from (densenet-parity --weights), for the report."""
     frameworks = list(dict.fromkeys(frameworks))
     for f in frameworks:
-        get_framework(f)  # UnknownFrameworkError names the known ones
+        get_target(f)  # UnknownFrameworkError names the known ones
     check_timeout(worker_timeout)
     mutations = mutations or {}
+    check_targets(frameworks, case.quantities, case.dtype, case.device, mutations)
     case = with_pieces(case)
     with tempfile.TemporaryDirectory(prefix="densenet-parity-") as tmp:
         case_dir = write_case(case, Path(workdir or tmp) / "case")
@@ -479,7 +514,9 @@ def run_parity(
             runs[fw] = run_worker(fw, fw_dir, setup, log, timeout=worker_timeout, case=case)
             status = f"done in {runs[fw].info.get('seconds', '?')} s" if runs[fw].ok else "FAILED"
             log(f"{fw}: {status}")
-    return evaluate(case, runs, log=log, command=command, mutations=mutations)
+    report = evaluate(case, runs, log=log, command=command, mutations=mutations)
+    report.weights = dict(weights or {})
+    return report
 
 
 def evaluate(
