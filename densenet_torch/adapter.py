@@ -5,6 +5,9 @@
 torch's native layout (NCHW) and parameter layout are the canonical ones, so results only need
 .numpy(); channels_last (the fast variant, or the case option) changes strides, not the logical
 NCHW shape.
+
+Training extension (densenet_spec.training): optimizer_state, load_optimizer_state, set_lr,
+predict (sgd.py: torch.optim.SGD already keeps the spec's buffer, the rate outside it).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from densenet_spec.case import Case, wants_pieces
 from densenet_spec.config import same_pads
 from densenet_spec.driver import Gradients
 from densenet_spec.errors import DeviceUnavailableError
-from densenet_torch import train
+from densenet_torch import api, sgd, train
 from densenet_torch.model import DenseNet
 from densenet_torch.precision import DTYPES, SETTINGS, precision_settings
 from densenet_torch.variants import FAST_PATHS, make_model
@@ -130,6 +133,19 @@ class Adapter:
 
     def train_step(self, model: DenseNet, optimizer, x, y) -> torch.Tensor:
         return train.train_step(model, optimizer, x, y)
+
+    def predict(self, model: DenseNet, x: torch.Tensor) -> torch.Tensor:
+        return api.predict(model, x)
+
+    # The training extension (densenet_spec.training)
+    def optimizer_state(self, model: DenseNet, optimizer) -> dict[str, np.ndarray]:
+        return sgd.spec_buffers(model, optimizer)
+
+    def load_optimizer_state(self, model: DenseNet, optimizer, buffers: dict) -> None:
+        sgd.load_spec_buffers(model, optimizer, buffers)
+
+    def set_lr(self, optimizer, lr: float) -> None:
+        sgd.set_lr(optimizer, lr)
 
     def to_numpy(self, t: torch.Tensor) -> np.ndarray:
         return t.detach().cpu().contiguous().numpy()

@@ -5,8 +5,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from densenet_spec.config import DenseNetConfig, check_input_shape
+from densenet_spec.config import DenseNetConfig
 from densenet_torch.batchnorm import spec_batch_norm
+from densenet_torch.inputs import check_input
 from densenet_torch.layers import DenseBlock, NormLayer, transition_block
 
 
@@ -66,7 +67,7 @@ class DenseNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_shape(self.config, x.shape, "NCHW", training=self.training)
+        check_input(self, x)  # named errors for a wrong type, dtype or shape
         x = self.stem(x)
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -76,7 +77,7 @@ class DenseNet(nn.Module):
 
     def stage_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every stage's output keyed by densenet_spec.params.stage_names, in forward order."""
-        check_input_shape(self.config, x.shape, "NCHW", training=self.training)
+        check_input(self, x)
         stages = {}
         x = stages["stem"] = self.stem(x)
         for i, block in enumerate(self.blocks):

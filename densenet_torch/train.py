@@ -11,11 +11,12 @@ from torch import nn
 
 from densenet_spec.case import SGDConfig
 from densenet_spec.params import trainable_names
+from densenet_torch.inputs import check_batch
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the batch."""
-    return F.cross_entropy(logits, labels)
+    """Mean cross-entropy over the batch (labels: class indices of any integer dtype)."""
+    return F.cross_entropy(logits, labels.long())  # torch's kernel takes int64 indices
 
 
 def make_optimizer(model: nn.Module, sgd: SGDConfig) -> torch.optim.SGD:
@@ -31,6 +32,7 @@ def make_optimizer(model: nn.Module, sgd: SGDConfig) -> torch.optim.SGD:
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x, y) -> torch.Tensor:
     """Forward in train mode (running stats updated once), backward, one SGD update."""
+    check_batch(model, x, y, training=True)  # named errors before any state changes
     model.train()
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn(model(x), y)
@@ -53,6 +55,7 @@ def gradients(model: nn.Module, x, y, training: bool):
     follows the spec's order. A train-mode call, like any train-mode forward, updates the
     running statistics.
     """
+    check_batch(model, x, y, training)
     model.train(training)
     x = x.detach().clone().requires_grad_(True)
     named = dict(model.named_parameters())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from densenet_spec.config import DenseNetConfig
+from densenet_spec.config import DenseNetConfig, check_float_dtype
 from densenet_spec.errors import UnknownVariantError
 from densenet_spec.frameworks import VARIANTS
 from densenet_torch.layers import DenseBlock
@@ -21,9 +21,10 @@ def make_model(
     memory_efficient: bool = False,
     *,
     device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> DenseNet:
-    """A DenseNet for `config` on `device` in `dtype` (torch's defaults when None).
+    """A DenseNet for `config` on `device` in `dtype` (torch's defaults when None; a torch dtype or
+    its name: float32 or float64, anything else is a DTypeError before the model is built).
 
     "plain": DenseNet(config), the model of layers.py and model.py (contiguous NCHW tensors).
     "fast": the same modules and weights in the channels_last memory format (NHWC strides, the
@@ -33,6 +34,8 @@ def make_model(
     torch.compile is not part of it: the benchmarks measure compilation as an execution mode.
     memory_efficient: MemoryEfficientDenseBlock (checkpointed dense layers) in every dense block.
     """
+    if dtype is not None:
+        dtype = getattr(torch, check_float_dtype(dtype, "model"))
     if variant not in VARIANTS:
         raise UnknownVariantError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     dense_block = MemoryEfficientDenseBlock if memory_efficient else DenseBlock
