@@ -110,6 +110,30 @@ def parse_args(argv):
         help="seconds one framework's worker may run before it is killed "
         f"(default {WORKER_TIMEOUT_S})",
     )
+    # Data-parallel parity (issue 20): densenet_spec/replicas.py, docs/data_parallel.md
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each framework data-parallel on N replicas (its own engine: torch DDP, ...), "
+        "the batch split into N equal shards, and compare with the oracle's replica semantics "
+        "(quantities eval, train, grad, step; float64)",
+    )
+    p.add_argument(
+        "--bn-sync",
+        default="synchronised",
+        choices=("synchronised", "per-replica"),
+        help="with --replicas: BatchNorm statistics over the whole batch (the one-device step) "
+        "or each replica's own shard (default synchronised)",
+    )
+    p.add_argument(
+        "--replica-buffers",
+        default="broadcast",
+        choices=("broadcast", "local"),
+        help="with --replicas: each step's running statistics start from replica 0's "
+        "(broadcast, torch DDP's default) or each replica's own (local)",
+    )
     return p.parse_args(argv)
 
 
@@ -251,12 +275,13 @@ def prepare(args, log=lambda *_: None) -> Prepared:
     if bad:
         raise UsageError(f"unknown quantities {bad}; known: {', '.join(QUANTITIES)}")
     mutations = {}
+    kinds = _mutation_kinds(args)
     for m in args.mutate:
         fw, _, kind = m.partition(":")
-        if fw not in frameworks or kind not in MUTATIONS:
+        if fw not in frameworks or kind not in kinds:
             raise UsageError(
                 f"--mutate {m!r}: expected FRAMEWORK:KIND with FRAMEWORK one of the run's "
-                f"frameworks and KIND one of {', '.join(MUTATIONS)}"
+                f"frameworks and KIND one of {', '.join(kinds)}"
             )
         mutations[fw] = kind
     check_args(args, quantities)
@@ -295,6 +320,25 @@ def prepare(args, log=lambda *_: None) -> Prepared:
     return Prepared(config, frameworks, quantities, mutations, size, weights)
 
 
+def _mutation_kinds(args) -> tuple:
+    """--mutate kinds: with --replicas N > 1 only bn_sync (the other BatchNorm semantics)."""
+    from densenet_spec.harness import REPLICA_MUTATIONS
+
+    replicas = getattr(args, "replicas", 1)
+    if replicas < 1:
+        raise UsageError(f"--replicas must be >= 1, got {replicas}")
+    return REPLICA_MUTATIONS if replicas > 1 else MUTATIONS
+
+
+def _replica_case(args, case):
+    """--replicas N > 1: the case as a replica case (replicas.py), or a UsageError."""
+    from densenet_spec import replicas
+
+    if args.dtype != "float64":
+        raise UsageError("--replicas compares float64 only so far: give --dtype float64")
+    return replicas.replica_case(case, args.replicas, args.bn_sync, args.replica_buffers)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -309,7 +353,7 @@ def main(argv=None) -> int:
             check_writable(args.json, "--json", folder=False)
         if args.report:
             check_writable(args.report, "--report", folder=True)
-        from densenet_spec.harness import run_parity
+        from densenet_spec.harness import run_parity, run_replica_parity
 
         case = make_case(
             config,
@@ -325,6 +369,8 @@ def main(argv=None) -> int:
             variant=args.variant,
             params=weights.params if weights else None,
         )
+        if getattr(args, "replicas", 1) > 1:
+            case = _replica_case(args, case)
     except DenseNetError as e:
         console.print(f"[bold red]error:[/] {type(e).__name__}: {escape(str(e))}")
         return 2
@@ -336,16 +382,27 @@ def main(argv=None) -> int:
     # the temporary case folder removed as the exception unwinds (harness.run_process).
     try:
         with terminate_as_interrupt(), console.status("starting", spinner="dots") as status:
-            result = run_parity(
-                case,
-                frameworks,
-                setup=not args.no_setup,
-                log=report.logger(console, status),
-                command=command,
-                mutations=mutations,
-                worker_timeout=args.worker_timeout,
-                weights=weights.info if weights else None,
-            )
+            if args.replicas > 1:  # data-parallel parity (issue 20)
+                result = run_replica_parity(
+                    case,
+                    frameworks,
+                    setup=not args.no_setup,
+                    log=report.logger(console, status),
+                    command=command,
+                    mutations=mutations,
+                    worker_timeout=args.worker_timeout,
+                )
+            else:
+                result = run_parity(
+                    case,
+                    frameworks,
+                    setup=not args.no_setup,
+                    log=report.logger(console, status),
+                    command=command,
+                    mutations=mutations,
+                    worker_timeout=args.worker_timeout,
+                    weights=weights.info if weights else None,
+                )
     except (KeyboardInterrupt, Terminated) as e:
         name = "SIGINT" if isinstance(e, KeyboardInterrupt) else str(e)
         console.print(

@@ -92,6 +92,8 @@ def terminate_as_interrupt(signals=(signal.SIGTERM, signal.SIGHUP)):
 #               forward and the optimizer steps untouched: a gradient-only bug the float32 check
 #               must catch too (it could not with the old ReLU-kink allowance).
 MUTATIONS = ("bn_eps", "same_padding", "grad_scale")
+# With --replicas only (replicas.py): bn_sync runs the other BatchNorm semantics than asked for.
+REPLICA_MUTATIONS = ("bn_sync",)
 
 
 @dataclass
@@ -397,6 +399,10 @@ def expected_parts(config, kind: str, quantities=("eval", "train", "grad")) -> d
         if "grad" not in quantities:
             raise ValueError(f"{kind} changes a gradient: add grad to the quantities")
         return {"train_grad": DRIVER_MUTATIONS[kind]}
+    if kind in REPLICA_MUTATIONS:  # the other BN semantics: train mode parts at the first BN
+        if "train" not in quantities:
+            raise ValueError(f"{kind} changes train-mode BatchNorm: add train to the quantities")
+        return {"train": expected_divergence(config, "bn_eps")}
     stage = expected_divergence(config, kind)
     return {mode: stage for mode in ("eval", "train") if mode in quantities}
 
@@ -661,6 +667,84 @@ def environment_summary() -> dict:
         "numpy": np.__version__,
         "machine": platform.machine(),
     }
+
+
+# ----------------------------------------------------------------------------------------
+# Data-parallel parity (--replicas N, issue 20): each framework's distributed worker
+# (densenet_spec.distributed) against the oracle's replica semantics (densenet_spec.replicas).
+
+
+def run_replica_parity(
+    case: Case,
+    frameworks,
+    *,
+    workdir: Path | None = None,
+    setup: bool = True,
+    log=print,
+    command: str = "",
+    mutations: dict[str, str] | None = None,
+    worker_timeout: float = WORKER_TIMEOUT_S,
+) -> ParityReport:
+    """A replica case (replicas.replica_case) on every framework's data-parallel engine, compared
+    with replicas.oracle in float64 and pairwise; float32 needs derived bounds (not yet)."""
+    from densenet_spec import replicas
+
+    if case.dtype != "float64":
+        raise DenseNetError("--replicas compares float64 only so far (float32 bounds: issue 20)")
+    replicas.replica_options(case)
+    mutations = mutations or {}
+    with tempfile.TemporaryDirectory(prefix="densenet-parity-replicas-") as tmp:
+        root = Path(workdir or tmp)
+        case_dir = write_case(case, root / "case")
+        runs = {}
+        for fw in frameworks:
+            fw_dir = case_dir
+            if fw in mutations:
+                log(f"MUTATING {fw}: {mutations[fw]} (self-check: this run must fail)")
+                fw_dir = write_case(replicas.mutation_case(case), root / f"case-{fw}")
+            log(f"running {fw} on {case.options['replicas']} replicas ({case.options['bn_sync']})")
+            runs[fw] = _run_distributed(fw, fw_dir, setup, log, worker_timeout, case)
+            log(f"{fw}: {'done' if runs[fw].ok else 'FAILED'}")
+    log("running the NumPy oracle (replica semantics)")
+    start = time.perf_counter()
+    truth = replicas.oracle(case)
+    seconds = time.perf_counter() - start
+    stages, params = stage_names(case.config), trainable_names(case.config)
+    ok = [f for f in frameworks if runs[f].ok]
+    pairs = [
+        PairReport(fw, ORACLE, compare(runs[fw].results, truth, case.dtype), stages, params)
+        for fw in ok
+    ]
+    for a, b in itertools.combinations(ok, 2):
+        comps = compare(runs[a].results, runs[b].results, case.dtype, symmetric=True)
+        pairs.append(PairReport(a, b, comps, stages, params))
+    return ParityReport(case, runs, pairs, seconds, command, dict(mutations))
+
+
+def _run_distributed(fw: str, case_dir: Path, setup: bool, log, timeout: float, case: Case):
+    from densenet_spec.replicas import check_results as check_replica_results
+
+    out = case_dir.parent / f"result-{fw}.safetensors"
+    try:
+        cmd, env = worker_command(fw, case_dir, out, setup, log)
+    except Exception as e:
+        return FrameworkRun(fw, False, error=str(e))
+    cmd = cmd[:2] + ["densenet_spec.distributed"] + cmd[3:] + [str(timeout)]
+    try:
+        code, stderr = run_process(cmd, env, timeout + 2 * KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        return FrameworkRun(fw, False, error=f"distributed worker timed out after {timeout:g} s")
+    tail = "\n".join(stderr.strip().splitlines()[-15:])
+    if code != 0:
+        return FrameworkRun(
+            fw, False, error=f"distributed worker {exit_description(code)}:\n{tail}"
+        )
+    try:
+        results, info = read_worker_results(out)
+        check_replica_results(case, results)
+    except (WorkerResultError, ValueError) as e:
+        return FrameworkRun(fw, False, error=f"distributed worker exited 0 but {e}\n{tail}")
+    return FrameworkRun(fw, True, info=info, results=results)
 
 
 __all__ = [

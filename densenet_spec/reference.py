@@ -588,3 +588,125 @@ def sgd_steps(
         state.update(running)
         losses.append(float(value))
     return state, buffers, np.asarray(losses)
+
+
+# ----------------------------------------------------------------------------------------
+# Data parallelism (issue 20; densenet_spec/replicas.py, docs/data_parallel.md). R replicas
+# each take one equal, contiguous shard of the batch; each replica's loss is the mean
+# cross-entropy over its shard, L_r, and the gradient all-reduce averages the replicas'
+# gradients, so every replica steps on the gradient of L_dp = (1/R) sum_r L_r.
+#
+# With equal shards of n = N / R samples, L_dp = (1/R) sum_r (1/n) sum_{i in r} l_i
+# = (1/N) sum_i l_i = L, the one-device mean loss; unequal shards weight sample i by
+# 1 / (R n_r) instead of 1 / N, so shards are required equal. What differs is BatchNorm:
+# - "synchronised": every BatchNorm normalises with the statistics of the whole batch (an
+#   all-reduce of per-channel sums in forward, of sum(dy) and sum(dy * xhat) in backward).
+#   The forward is the one-device forward, and each replica's backward is the gradient of
+#   sum_r L_r through its own samples, so the averaged gradient is d L / d params exactly:
+#   the one-device step on the whole batch. Running statistics: identical on every replica,
+#   from the whole batch's statistics (unbiased correction with N*H*W values, not n*H*W).
+# - "per-replica": each replica normalises its own shard with its shard's statistics; the
+#   gradient is (1/R) sum_r d L_r / d params with L_r computed on shard r alone. Running
+#   statistics differ between replicas: replica r's follow its shard's statistics (unbiased
+#   correction with n*H*W values). What replica r starts each step from depends on the buffer
+#   policy: its own buffers ("local"), or replica 0's, broadcast before every forward (torch
+#   DDP's default broadcast_buffers=True: "broadcast").
+# Train-mode BatchNorm never reads its running statistics, so the buffer policy changes the
+# buffers only, never the parameters.
+
+BN_SYNC = ("synchronised", "per-replica")
+BUFFER_POLICIES = ("broadcast", "local")
+
+
+def shards(x: np.ndarray, replicas: int) -> list[np.ndarray]:
+    """The batch split into `replicas` equal contiguous shards, replica r taking the r-th."""
+    n = len(x)
+    if replicas < 1 or n % replicas:
+        raise ValueError(f"a batch of {n} does not split into {replicas} equal shards")
+    size = n // replicas
+    return [x[r * size : (r + 1) * size] for r in range(replicas)]
+
+
+def replica_forward_backward(
+    params: dict, config: DenseNetConfig, x, y, replicas: int, bn_sync: str, training=True
+):
+    """One data-parallel forward and backward: (features, runnings, loss, grad_x, grads).
+
+    features: every stage's output, the replicas' shards concatenated in replica order;
+    runnings: each replica's running statistics after this pass (a list of R dicts); loss:
+    L_dp = mean of the shard losses; grad_x: d L_dp / d x (replica r holds R times its part:
+    the input gradient of its own loss, with synchronised BN the sum's); grads: the
+    all-reduced (averaged) parameter gradients.
+    """
+    if bn_sync not in BN_SYNC:
+        raise ValueError(f"bn_sync must be one of {', '.join(BN_SYNC)}, got {bn_sync!r}")
+    xs, ys = shards(np.asarray(x), replicas), shards(np.asarray(y), replicas)
+    if bn_sync == "synchronised" or not training:
+        # Eval mode normalises with the running statistics: no batch coupling at all.
+        features, running, value, grad_x, grads = _forward_backward(params, config, x, y, training)
+        if not training:  # each replica's own eval loss, averaged: the same as L for equal shards
+            value = np.mean(
+                [loss(f, yr) for f, yr in zip(shards(features["logits"], replicas), ys)]
+            )
+        return features, [running] * replicas, value, grad_x, grads
+    parts = [_forward_backward(params, config, xr, yr, True) for xr, yr in zip(xs, ys)]
+    features = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
+    runnings = [p[1] for p in parts]
+    value = np.mean([p[2] for p in parts])
+    grad_x = np.concatenate([p[3] for p in parts]) / replicas
+    grads = {k: sum(p[4][k] for p in parts) / replicas for k in parts[0][4]}
+    return features, runnings, value, grad_x, grads
+
+
+def replica_sgd_steps(
+    params: dict,
+    config: DenseNetConfig,
+    step_x,
+    step_y,
+    sgd,
+    replicas: int,
+    bn_sync: str,
+    buffers: str = "broadcast",
+) -> list[dict]:
+    """Every replica's state (parameters and running statistics) after K data-parallel steps.
+
+    The parameters are the same on every replica (each steps on the averaged gradient); the
+    running statistics follow replica_forward_backward, with `buffers` the policy of what
+    replica r's BatchNorms start each step from: "broadcast" (replica 0's, torch DDP's
+    default) or "local" (its own).
+    """
+    if buffers not in BUFFER_POLICIES:
+        raise ValueError(f"buffers must be one of {', '.join(BUFFER_POLICIES)}, got {buffers!r}")
+    running_names = [s.name for s in param_specs(config) if s.name.endswith(("_mean", "_var"))]
+    shared = dict(params)
+    states = [dict(params) for _ in range(replicas)]
+    momentum: dict = {}
+    for k in range(len(step_x)):
+        if buffers == "broadcast":
+            states = [{**s, **{n: states[0][n] for n in running_names}} for s in states]
+        if bn_sync == "synchronised":
+            # One whole-batch pass; its running statistics become every replica's.
+            _, running, _, _, grads = _forward_backward(
+                {**shared, **{n: states[0][n] for n in running_names}},
+                config,
+                step_x[k],
+                step_y[k],
+                True,
+            )
+            runnings = [running] * replicas
+        else:
+            xs, ys = (
+                shards(np.asarray(step_x[k]), replicas),
+                shards(np.asarray(step_y[k]), replicas),
+            )
+            parts = [
+                _forward_backward(
+                    {**shared, **{n: s[n] for n in running_names}}, config, xr, yr, True
+                )
+                for s, xr, yr in zip(states, xs, ys)
+            ]
+            runnings = [p[1] for p in parts]
+            grads = {n: sum(p[4][n] for p in parts) / replicas for n in parts[0][4]}
+        shared, momentum = sgd_step(shared, grads, momentum, sgd)
+        states = [{**shared, **running} for running in runnings]
+    return states

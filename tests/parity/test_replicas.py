@@ -1,0 +1,49 @@
+"""densenet-parity --replicas (issue 20): torch DDP against the oracle's replica semantics."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import densenet_envs as envs
+
+
+def parity(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "densenet_spec.cli", *args, "--no-setup"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=envs.worker_env("spec"),
+    )
+
+
+TINY = ("--preset", "tiny", "--replicas", "2", "--dtype", "float64", "--frameworks", "torch",
+        "--steps", "2", "--image-size", "32")  # fmt: skip
+
+
+@pytest.mark.parametrize("bn_sync", ["synchronised", "per-replica"])
+def test_torch_two_replicas_pass_and_the_other_semantics_fails(tmp_path, require_envs, bn_sync):
+    require_envs("torch")
+    out = tmp_path / "ok.json"
+    proc = parity(*TINY, "--bn-sync", bn_sync, "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    (pair,) = report["pairs"]
+    keys = [c["key"] for c in pair["comparisons"]]
+    assert any(k.startswith("step/replica1/") for k in keys) and "loss/train" in keys
+    assert all(c["error"] <= c["bound"] <= 1e-9 for c in pair["comparisons"])
+    mutated = parity(*TINY, "--bn-sync", bn_sync, "--mutate", "torch:bn_sync")
+    assert mutated.returncode == 0, mutated.stdout + mutated.stderr  # the self-check passed
+    assert "part at train: stem" in mutated.stdout and "SELF-CHECK OK" in mutated.stdout
+
+
+def test_replica_usage_errors():
+    for args, words in (
+        (("--replicas", "3", "--batch", "2"), "equal shards"),
+        (("--replicas", "2", "--dtype", "float32"), "float64"),
+        (("--replicas", "2", "--mutate", "torch:bn_eps"), "bn_sync"),
+    ):
+        proc = parity("--preset", "tiny", "--frameworks", "torch", *args, timeout=120)
+        assert proc.returncode == 2 and words in proc.stdout, proc.stdout + proc.stderr
