@@ -2,11 +2,12 @@
 """Set up and run the project with nothing but Python 3.11 and pip.
 
     python3 dev.py parity [densenet-parity options]   build the environments, run the parity report
-    python3 dev.py test [pytest options]              build the environments, run the whole test suite
+    python3 dev.py test [pytest options]              build the environments, run the whole suite
     python3 dev.py bench [densenet-bench options]     build the environments, run the benchmarks
     python3 dev.py train [densenet-train options]     build the environments, train on real data
-    python3 dev.py teach [densenet-teach options]     parity runs, then the side-by-side teaching page
+    python3 dev.py teach [densenet-teach options]     parity runs, then the side-by-side page
     python3 dev.py envs [spec torch jax tf mx]        only build (or reuse) environments
+    python3 dev.py kernels [torch jax tf mx]          register a Jupyter kernel per framework
 
 Each framework gets its own virtual environment under .venvs/ (MXNet 1.9.1 needs numpy<1.24, JAX and
 TensorFlow need numpy 2), created from requirements/<name>.txt and reused until that file changes.
@@ -98,6 +99,24 @@ def teach(argv) -> int:
     )
 
 
+def kernels(argv) -> int:
+    """One Jupyter kernel per framework environment, "densenet-parity (torch)", ..., for this user
+    (notebooks/<framework>.ipynb names its kernel); builds the environments first."""
+    from densenet_envs.kernels import display_name, register_kernel
+
+    unknown = [n for n in argv if n not in FRAMEWORKS]
+    if unknown:
+        print(f"dev.py kernels: unknown framework {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    frameworks = argv or list(FRAMEWORKS)
+    for name in frameworks:
+        python = envs.python_for(name)
+        folder = register_kernel(name, python)
+        print(f"[dev] kernel {display_name(name)!r}: {python} ({folder})", flush=True)
+    print("[dev] open notebooks/<framework>.ipynb in Jupyter and pick its kernel")
+    return 0
+
+
 def _junit_counts(path: Path) -> dict:
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     if not path.exists():
@@ -163,6 +182,7 @@ def test(argv) -> int:
 
 def main(argv) -> int:
     commands = {"parity": parity, "test": test, "bench": bench, "train": train, "teach": teach}
+    commands["kernels"] = kernels
     if not argv or (argv[0] not in commands and argv[0] != "envs"):
         print(__doc__)
         return 2

@@ -2,10 +2,12 @@
 
 MXNet 1.9.1 needs numpy<1.24 while JAX and TensorFlow need numpy 2, so nothing here assumes two
 frameworks share a process: each runs with its own environment's Python and talks through files.
-An environment is rebuilt when its requirements file or the base Python changes (a stamp file
-holds the hash). Only the standard library (and the registry, densenet_spec.frameworks, which
-imports nothing else) is used, so `python3 dev.py` can call this first. Not part of the
-framework-free spec: it builds environments, the spec only describes the network.
+An environment is rebuilt when its requirement files or the base Python change (a stamp file
+holds the hash). Every environment has this project installed editable, so each framework's
+Python imports densenet_<framework> from any folder (a notebook's, /tmp). Only the standard
+library (and the registry, densenet_spec.frameworks, which imports nothing else) is used, so
+`python3 dev.py` can call this first. Not part of the framework-free spec: it builds
+environments, the spec only describes the network.
 """
 
 from __future__ import annotations
@@ -98,15 +100,42 @@ def env_python(name: str) -> Path:
     return env_root() / env_name(name) / "bin" / "python"
 
 
-def _stamp(name: str) -> str:
-    h = hashlib.sha256(requirements_file(name).read_bytes())
+# Installed into every environment beside its own file: pytest, ipykernel, setuptools.
+TEST_REQUIREMENTS = ROOT / "requirements" / "test.txt"
+
+
+def requirement_files(name: str) -> list[Path]:
+    """The files environment `name` is built from: its own, the files it includes (`-r`), and
+    requirements/test.txt."""
+    files = [requirements_file(name)]
+    for path in files:
+        for line in path.read_text().splitlines():
+            if line.startswith(("-r ", "--requirement ")):
+                files.append(path.parent / line.split(maxsplit=1)[1].strip())
+    return files + [TEST_REQUIREMENTS]
+
+
+def _requirements_stamp(name: str) -> str:
+    h = hashlib.sha256()
+    for path in requirement_files(name):
+        h.update(path.read_bytes())
     h.update(sys.version.encode())
-    if name == "spec":  # the spec env also holds this project, installed editable
-        h.update((ROOT / "pyproject.toml").read_bytes())
-        # An editable install maps the top-level packages that existed when it ran; one added
-        # later (benchmarks/ was) stays unimportable for the console scripts until a reinstall.
-        h.update(" ".join(project_packages()).encode())
     return h.hexdigest()
+
+
+def _project_stamp() -> str:
+    """Every environment holds this project, installed editable: the install maps the top-level
+    packages that existed when it ran (one added later, as benchmarks/ was, stays unimportable
+    outside the checkout) and the metadata of pyproject.toml (console commands, extras)."""
+    h = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    h.update(" ".join(project_packages()).encode())
+    return h.hexdigest()
+
+
+def _stamp(name: str) -> str:
+    """What .venvs/<name>/.densenet-stamp holds when the environment is current: the hash of its
+    requirement files and the Python version, then the hash of the project's install."""
+    return f"{_requirements_stamp(name)} {_project_stamp()}"
 
 
 def project_packages() -> list[str]:
@@ -121,32 +150,33 @@ def is_ready(name: str) -> bool:
 
 
 def ensure_env(name: str, log=print) -> Path:
-    """Create (or reuse) the environment `name` (or a framework's); return its Python."""
+    """Create (or reuse) the environment `name` (or a framework's); return its Python.
+
+    Rebuilt from scratch when its requirement files or the base Python change; when only the
+    project's packages or pyproject.toml change, the editable install alone is redone."""
     name = env_name(name)
     if is_ready(name):
         return env_python(name)
     path = env_root() / name
-    log(f"[envs] building {name} environment in {path} from {requirements_file(name).name}")
-    if path.exists():
-        shutil.rmtree(path)
-    steps = [
-        [sys.executable, "-m", "venv", str(path)],
-        [str(env_python(name)), "-m", "pip", "install", "-q", "-r", str(requirements_file(name))],
-    ]
-    if name == "spec":
-        steps.append(
-            [
-                str(env_python(name)),
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-deps",
-                "--no-build-isolation",
-                "-e",
-                str(ROOT),
-            ]
-        )
+    stamp = path / ".densenet-stamp"
+    python = str(env_python(name))
+    steps = []
+    old = stamp.read_text().split() if stamp.exists() else []
+    if not (env_python(name).exists() and old[:1] == [_requirements_stamp(name)]):
+        log(f"[envs] building {name} environment in {path} from {requirements_file(name).name}")
+        if path.exists():
+            shutil.rmtree(path)
+        steps += [
+            [sys.executable, "-m", "venv", str(path)],
+            [python, "-m", "pip", "install", "-q", "-r", str(requirements_file(name))]
+            + ["-r", str(TEST_REQUIREMENTS)],
+        ]
+    else:
+        log(f"[envs] reinstalling this project in the {name} environment")
+    # the project itself, editable: its packages import from any folder (console commands too)
+    steps.append(
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(ROOT)]
+    )
     for cmd in steps:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -154,7 +184,7 @@ def ensure_env(name: str, log=print) -> Path:
             raise EnvironmentSetupError(
                 f"building the {name} environment failed at: {' '.join(cmd)}\n{tail}"
             )
-    (path / ".densenet-stamp").write_text(_stamp(name))
+    stamp.write_text(_stamp(name))
     log(f"[envs] {name} environment ready")
     return env_python(name)
 

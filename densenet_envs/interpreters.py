@@ -184,6 +184,8 @@ def requirement_lines(name: str, device: str = "cpu") -> dict[str, str]:
     out = {}
     for line in path.read_text().splitlines():
         spec = line.split("#", 1)[0].strip()
+        if spec.startswith("-"):  # pip options such as "-r report.txt"
+            continue
         m = re.match(r"([A-Za-z0-9_.\-]+)", spec)
         if m:
             out[m.group(1).lower().replace("_", "-")] = spec
