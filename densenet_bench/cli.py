@@ -16,6 +16,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import densenet_envs as envs
 from densenet_bench import metrics
@@ -23,7 +24,7 @@ from densenet_bench.launch import measure_peak, run_one
 from densenet_bench.plan import BENCH_PRESETS, Run, default_frameworks, plan, schedule
 from densenet_bench.results import SCHEMA, pool_rounds
 from densenet_bench.targets import TARGETS, fast_paths
-from densenet_spec.errors import DenseNetError
+from densenet_spec.errors import DenseNetError, UsageError
 from densenet_spec.frameworks import VARIANTS
 
 
@@ -124,6 +125,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(the JSON file keeps one line per round)",
     )
     p.add_argument("--no-setup", action="store_true", help="do not build missing environments")
+    p.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="run a framework's or environment's runners with this existing interpreter instead "
+        "of the project's environment (NAME: torch, jax, ... or bench-torchvision, "
+        "bench-keras-jax; torch=PATH also serves torchvision unless bench-torchvision= is given; "
+        "repeatable; or DENSENET_PYTHON_<NAME>); checked first, never modified",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -171,21 +182,51 @@ def result_line(
     return line
 
 
-def _prepare_envs(runs: list[Run], no_setup: bool, log) -> dict[str, str | None]:
-    """Each environment the runs need: None when ready, else why it is not."""
-    status: dict[str, str | None] = {}
-    for env_name in dict.fromkeys(run.env for run in runs):
+def check_pythons(runs: list[Run], pythons: dict, device: str) -> None:
+    """Every interpreter named by --python or DENSENET_PYTHON_<NAME> for the runs' environments
+    checked before anything runs (densenet_envs.interpreters: a named error otherwise)."""
+    from densenet_envs import interpreters
+
+    frameworks = {run.env: run.target.framework for run in runs}
+    unused = interpreters.unused_overrides(pythons, [*frameworks, *frameworks.values()])
+    if unused:
+        raise UsageError(f"--python {', '.join(unused)}: no target of this run uses it")
+    for env_name, framework in frameworks.items():
+        hit = interpreters.override_for(env_name, pythons, framework)
+        if hit is not None:
+            interpreters.check_interpreter(hit[0], env_name, device=device, source=hit[1])
+
+
+class Interpreters(NamedTuple):
+    """Per environment the runs need: why it cannot run (None: it can), its Python, and where
+    that Python came from (densenet_envs.describe_python, for each result line)."""
+
+    problems: dict
+    pythons: dict
+    described: dict
+
+
+def _prepare_envs(
+    runs: list[Run], no_setup: bool, log, pythons: dict | None = None, device: str = "cpu"
+) -> Interpreters:
+    """Each environment the runs need: the interpreter named for it (--python), else the
+    project's environment for `device`, built unless no_setup."""
+    found = Interpreters({}, {}, {})
+    for run in runs:
+        if run.env in found.problems:
+            continue
+        framework = run.target.framework
         try:
-            if no_setup:
-                python = envs.env_python(env_name)
-                if not python.exists():
-                    raise DenseNetError(f"no {env_name} environment at {python}")
-            else:
-                envs.ensure_env(env_name, log)
-            status[env_name] = None
+            found.pythons[run.env] = envs.python_for(
+                run.env, pythons, setup=not no_setup, log=log, device=device, framework=framework
+            )
+            found.described[run.env] = envs.describe_python(
+                run.env, pythons, device=device, framework=framework
+            )
+            found.problems[run.env] = None
         except DenseNetError as e:
-            status[env_name] = str(e)
-    return status
+            found.problems[run.env] = str(e)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,12 +236,16 @@ def main(argv: list[str] | None = None) -> int:
 
     console = report.console()
     try:
+        pythons = envs.parse_python_args(args.python)
         runs, notes = plan(args)
+        check_pythons(runs, pythons, args.device)
     except DenseNetError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {type(e).__name__}: {e}")
         return 2
     command = "densenet-bench " + shlex.join(argv)
-    env_problems = _prepare_envs(runs, args.no_setup, lambda m: console.print(f"[dim]{m}[/]"))
+    found = _prepare_envs(
+        runs, args.no_setup, lambda m: console.print(f"[dim]{m}[/]"), pythons, args.device
+    )
     peak = None
     if args.peak_size:
         peak = measure_peak(args.peak_size, args.threads)
@@ -220,15 +265,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.rounds > 1:
             label += f", round {round_}/{args.rounds}"
         console.print(f"[dim][{i}/{len(runs_in_order)}] {label}[/]")
-        if env_problems[run.env] is not None:
-            answer, cmd = {"ok": False, "error": env_problems[run.env]}, []
+        if found.problems[run.env] is not None:
+            answer, cmd = {"ok": False, "error": found.problems[run.env]}, []
         else:
             start = time.perf_counter()
             answer, cmd = run_one(
-                run.env, req, args.timeout, run.target.keras_backend, args.huge_pages
+                run.env,
+                req,
+                args.timeout,
+                run.target.keras_backend,
+                args.huge_pages,
+                python=found.pythons[run.env],
             )
             answer.setdefault("wall_s", time.perf_counter() - start)
         line = result_line(run, answer, peak, command, cmd, args.huge_pages)
+        line["interpreter"] = found.described.get(run.env)
         line.update(run_id=run_id, round=round_, rounds=args.rounds)
         lines.append(line)
         if args.json:

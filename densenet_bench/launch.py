@@ -50,9 +50,11 @@ def run_one(
     timeout: int,
     keras_backend: str | None = None,
     huge_pages: bool = False,
+    python: Path | None = None,
 ) -> tuple[dict, list[str]]:
-    """Start the runner in environment `env_name`; return its answer and the command."""
-    python = envs.env_python(env_name)
+    """Start the runner in environment `env_name` (with `python`, an interpreter named by
+    --python, where given); return its answer and the command."""
+    python = python or envs.env_python(env_name)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [str(python), "-m", "densenet_bench.runner", json.dumps(req.to_dict()), str(out)]

@@ -103,6 +103,21 @@ def parse_args(argv):
     )
     p.add_argument("--no-setup", action="store_true", help="do not build missing environments")
     p.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="FRAMEWORK=PATH",
+        help="run FRAMEWORK's worker with this existing interpreter instead of the project's "
+        "environment (repeatable; or DENSENET_PYTHON_<FRAMEWORK>); checked first, never modified",
+    )
+    p.add_argument(
+        "--tf32",
+        default="off",
+        choices=("off", "default"),
+        help="float32 on GPUs: off (parity: full float32 matmuls and convolutions) or the "
+        "framework's default (TF32 where it uses it; reported, expected to exceed float32 bounds)",
+    )
+    p.add_argument(
         "--worker-timeout",
         type=float,
         default=WORKER_TIMEOUT_S,
@@ -317,7 +332,25 @@ def prepare(args, log=lambda *_: None) -> Prepared:
             f"--batch {args.batch} x {size}x{size} images x {args.steps + 1} batches is "
             f"{elements:.2e} input values, over the {MAX_INPUT_ELEMENTS:.1e} a parity case allows"
         )
+    check_pythons(args, frameworks)  # last: it probes every named interpreter (seconds each)
     return Prepared(config, frameworks, quantities, mutations, size, weights)
+
+
+def check_pythons(args, frameworks) -> dict:
+    """--python FRAMEWORK=PATH as args.pythons, each interpreter named there or by
+    DENSENET_PYTHON_<FRAMEWORK> checked before anything runs (densenet_envs.interpreters: a
+    named error otherwise). Export targets run in their framework's interpreter (onnx: torch)."""
+    import densenet_envs as envs
+    from densenet_envs.interpreters import unused_overrides
+    from densenet_spec.frameworks import worker_framework
+
+    runs_in = list(dict.fromkeys(worker_framework(f) for f in frameworks))
+    args.pythons = envs.parse_python_args(getattr(args, "python", []))
+    unused = unused_overrides(args.pythons, runs_in)
+    if unused:
+        raise UsageError(f"--python {', '.join(unused)}: not in --frameworks")
+    envs.check_pythons(runs_in, args.pythons, device=args.device)
+    return args.pythons
 
 
 def _mutation_kinds(args) -> tuple:
@@ -368,6 +401,7 @@ def main(argv=None) -> int:
             memory_efficient=args.memory_efficient,
             variant=args.variant,
             params=weights.params if weights else None,
+            options={"tf32": args.tf32} if args.tf32 != "off" else None,
         )
         if getattr(args, "replicas", 1) > 1:
             case = _replica_case(args, case)
@@ -391,6 +425,7 @@ def main(argv=None) -> int:
                     command=command,
                     mutations=mutations,
                     worker_timeout=args.worker_timeout,
+                    pythons=args.pythons,
                 )
             else:
                 result = run_parity(
@@ -402,6 +437,7 @@ def main(argv=None) -> int:
                     mutations=mutations,
                     worker_timeout=args.worker_timeout,
                     weights=weights.info if weights else None,
+                    pythons=args.pythons,
                 )
     except (KeyboardInterrupt, Terminated) as e:
         name = "SIGINT" if isinstance(e, KeyboardInterrupt) else str(e)

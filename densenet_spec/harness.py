@@ -44,7 +44,7 @@ from densenet_spec.compare import (
     rel_errors,
 )
 from densenet_spec.driver import DRIVER_MUTATIONS
-from densenet_spec.errors import DenseNetError, EnvironmentSetupError, WorkerResultError
+from densenet_spec.errors import DenseNetError, WorkerResultError
 from densenet_spec.frameworks import EXPORT_TARGETS, get_target, worker_framework
 from densenet_spec.kinks import float32_kink_allowance
 from densenet_spec.params import stage_names, trainable_names
@@ -170,6 +170,7 @@ class ParityReport:
                 "steps": c.steps,
                 "sgd": vars(c.sgd),
                 "quantities": list(c.quantities),
+                "tf32": c.options.get("tf32", "off"),  # densenet-parity --tf32
             },
             "frameworks": {
                 n: {
@@ -202,14 +203,22 @@ class ParityReport:
 
 
 def worker_command(
-    framework: str, case_dir: Path, out: Path, setup: bool, log
+    framework: str,
+    case_dir: Path,
+    out: Path,
+    setup: bool,
+    log,
+    *,
+    pythons: dict | None = None,
+    device: str = "cpu",
 ) -> tuple[list, dict]:
     """(command, environment) that runs `framework`'s worker on case_dir, answering in `out`;
-    an export target's worker runs in the environment of the framework it is exported from."""
+    an export target's worker runs in the environment of the framework it is exported from.
+
+    pythons: --python FRAMEWORK=PATH overrides (densenet_envs.python_for: an interpreter named
+    there or by DENSENET_PYTHON_<FRAMEWORK>, else the project's environment for `device`)."""
     runs_in = worker_framework(framework)
-    python = envs.ensure_env(runs_in, log) if setup else envs.env_python(runs_in)
-    if not Path(python).exists():
-        raise EnvironmentSetupError(f"no {runs_in} environment at {python}")
+    python = envs.python_for(runs_in, pythons, setup=setup, log=log, device=device)
     package = get_target(framework).package
     cmd = [str(python), "-m", "densenet_spec.worker", package, str(case_dir), str(out)]
     return cmd, envs.worker_env(runs_in, parity=True)
@@ -288,12 +297,17 @@ def run_worker(
     *,
     timeout: float = WORKER_TIMEOUT_S,
     case: Case | None = None,
+    pythons: dict | None = None,
 ) -> FrameworkRun:
-    """Run one framework's worker in its own environment; never raises for a worker failure
-    (Ctrl-C and Terminated are re-raised after the worker is killed)."""
+    """Run one framework's worker in its own environment (or the interpreter `pythons` names for
+    it); never raises for a worker failure (Ctrl-C and Terminated are re-raised after the worker
+    is killed). A run's info records which interpreter ran it ("interpreter")."""
     out = case_dir.parent / f"result-{framework}.safetensors"
+    device = case.device if case is not None else "cpu"
     try:
-        cmd, env = worker_command(framework, case_dir, out, setup, log)
+        cmd, env = worker_command(
+            framework, case_dir, out, setup, log, pythons=pythons, device=device
+        )
     except Exception as e:  # a broken environment is reported, the other frameworks still run
         return FrameworkRun(framework, False, error=str(e))
     try:
@@ -311,7 +325,16 @@ def run_worker(
         results, info = read_worker_results(out, case)
     except WorkerResultError as e:
         return FrameworkRun(framework, False, error=f"worker exited 0 but {e}\n{tail}".strip())
+    info["interpreter"] = interpreter_info(framework, pythons, device)
     return FrameworkRun(framework, True, info=info, results=results)
+
+
+def interpreter_info(framework: str, pythons: dict | None, device: str) -> dict:
+    """Which Python ran `framework`'s worker (densenet_envs.describe_python), for the report."""
+    try:
+        return envs.describe_python(worker_framework(framework), pythons, device=device)
+    except DenseNetError as e:  # it ran, so this is only the description failing
+        return {"error": str(e)}
 
 
 @dataclass
@@ -495,10 +518,12 @@ def run_parity(
     mutations: dict[str, str] | None = None,
     worker_timeout: float = WORKER_TIMEOUT_S,
     weights: dict | None = None,
+    pythons: dict | None = None,
 ) -> ParityReport:
     """Every framework (and export target) on `case`, compared with the oracle and pairwise.
 
-    weights: where the case's parameters came from (densenet-parity --weights), for the report."""
+    weights: where the case's parameters came from (densenet-parity --weights), for the report;
+    pythons: --python FRAMEWORK=PATH interpreters (densenet_envs.python_for)."""
     frameworks = list(dict.fromkeys(frameworks))
     for f in frameworks:
         get_target(f)  # UnknownFrameworkError names the known ones
@@ -517,7 +542,9 @@ def run_parity(
                     mutated(case, mutations[fw]), Path(workdir or tmp) / f"case-{fw}"
                 )
             log(f"running {fw} worker ({case.dtype}, {case.device}, {case.variant} model)")
-            runs[fw] = run_worker(fw, fw_dir, setup, log, timeout=worker_timeout, case=case)
+            runs[fw] = run_worker(
+                fw, fw_dir, setup, log, timeout=worker_timeout, case=case, pythons=pythons
+            )
             status = f"done in {runs[fw].info.get('seconds', '?')} s" if runs[fw].ok else "FAILED"
             log(f"{fw}: {status}")
     report = evaluate(case, runs, log=log, command=command, mutations=mutations)
@@ -684,6 +711,7 @@ def run_replica_parity(
     command: str = "",
     mutations: dict[str, str] | None = None,
     worker_timeout: float = WORKER_TIMEOUT_S,
+    pythons: dict | None = None,
 ) -> ParityReport:
     """A replica case (replicas.replica_case) on every framework's data-parallel engine, compared
     with replicas.oracle in float64 and pairwise; float32 needs derived bounds (not yet)."""
@@ -703,7 +731,7 @@ def run_replica_parity(
                 log(f"MUTATING {fw}: {mutations[fw]} (self-check: this run must fail)")
                 fw_dir = write_case(replicas.mutation_case(case), root / f"case-{fw}")
             log(f"running {fw} on {case.options['replicas']} replicas ({case.options['bn_sync']})")
-            runs[fw] = _run_distributed(fw, fw_dir, setup, log, worker_timeout, case)
+            runs[fw] = _run_distributed(fw, fw_dir, setup, log, worker_timeout, case, pythons)
             log(f"{fw}: {'done' if runs[fw].ok else 'FAILED'}")
     log("running the NumPy oracle (replica semantics)")
     start = time.perf_counter()
@@ -721,12 +749,16 @@ def run_replica_parity(
     return ParityReport(case, runs, pairs, seconds, command, dict(mutations))
 
 
-def _run_distributed(fw: str, case_dir: Path, setup: bool, log, timeout: float, case: Case):
+def _run_distributed(
+    fw: str, case_dir: Path, setup: bool, log, timeout: float, case: Case, pythons=None
+):
     from densenet_spec.replicas import check_results as check_replica_results
 
     out = case_dir.parent / f"result-{fw}.safetensors"
     try:
-        cmd, env = worker_command(fw, case_dir, out, setup, log)
+        cmd, env = worker_command(
+            fw, case_dir, out, setup, log, pythons=pythons, device=case.device
+        )
     except Exception as e:
         return FrameworkRun(fw, False, error=str(e))
     cmd = cmd[:2] + ["densenet_spec.distributed"] + cmd[3:] + [str(timeout)]
@@ -744,6 +776,7 @@ def _run_distributed(fw: str, case_dir: Path, setup: bool, log, timeout: float, 
         check_replica_results(case, results)
     except (WorkerResultError, ValueError) as e:
         return FrameworkRun(fw, False, error=f"distributed worker exited 0 but {e}\n{tail}")
+    info["interpreter"] = interpreter_info(fw, pythons, case.device)
     return FrameworkRun(fw, True, info=info, results=results)
 
 

@@ -25,18 +25,21 @@ from densenet_spec.driver import Gradients
 from densenet_spec.errors import DeviceUnavailableError
 from densenet_torch import api, sgd, train
 from densenet_torch.model import DenseNet
-from densenet_torch.precision import DTYPES, SETTINGS, precision_settings
+from densenet_torch.precision import DTYPES, SETTINGS, TF32_SETTINGS, precision_settings
 from densenet_torch.variants import FAST_PATHS, make_model
 from densenet_torch.weights import from_canonical, to_canonical
 
 
-def environment(device: str, dtype: str, *, threads: int | None = None) -> dict:
+def environment(device: str, dtype: str, *, threads: int | None = None, tf32: str = "off") -> dict:
     """Apply the device and precision settings for a parity run; return what was applied.
 
     threads: CPU intra-op threads (torch's default is one per core, which oversubscribes a
-    machine shared with other jobs).
+    machine shared with other jobs). tf32: "off" (parity) or "default" (torch's TF32 defaults
+    left as they are; on a GPU the "precision" record reads them back all the same). On CPU
+    TF32 does nothing: the record is the CPU settings and "tf32" says what was asked.
     """
-    settings = precision_settings(device, dtype)  # also rejects unknown dtypes and devices
+    settings = precision_settings(device, dtype, tf32)  # also rejects unknown values
+    recorded = [*settings, *(n for n in TF32_SETTINGS if device == "gpu" and n not in settings)]
     versions = {"torch": torch.__version__, "numpy": np.__version__}
     if device == "gpu":
         if not torch.cuda.is_available():
@@ -57,7 +60,8 @@ def environment(device: str, dtype: str, *, threads: int | None = None) -> dict:
         "device": device,
         "device_name": device_name,
         "dtype": dtype,
-        "precision": {name: SETTINGS[name][1]() for name in settings},  # read back
+        "precision": {name: SETTINGS[name][1]() for name in recorded},  # read back
+        "tf32": tf32,
         "num_threads": torch.get_num_threads(),
         "versions": versions,
     }
@@ -74,7 +78,10 @@ class Adapter:
         self.case = case
         threads = case.options.get("threads")
         self.info = environment(
-            case.device, case.dtype, threads=None if threads is None else int(threads)
+            case.device,
+            case.dtype,
+            threads=None if threads is None else int(threads),
+            tf32=case.options.get("tf32", "off"),
         )
         self.device = torch.device("cuda" if case.device == "gpu" else "cpu")
         self.dtype = DTYPES[case.dtype]

@@ -14,16 +14,23 @@ import torch
 from densenet_spec.errors import DeviceUnavailableError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# densenet-parity --tf32: "off" (parity: full float32 matmuls and convolutions on GPUs) or
+# "default" (torch's own: matmuls without TF32, cuDNN convolutions with it)
+TF32_MODES = ("off", "default")
+TF32_SETTINGS = ("torch.backends.cuda.matmul.allow_tf32", "torch.backends.cudnn.allow_tf32")
 
 
-def precision_settings(device: str, dtype: str) -> dict:
-    """The settings environment() applies for a parity run on `device` in `dtype`, by name."""
+def precision_settings(device: str, dtype: str, tf32: str = "off") -> dict:
+    """The settings environment() applies for a parity run on `device` in `dtype`, by name;
+    with tf32="default" a GPU run leaves TF32_SETTINGS at torch's defaults (not set)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    if tf32 not in TF32_MODES:
+        raise ValueError(f"tf32 must be one of {', '.join(TF32_MODES)}, got {tf32!r}")
     if device == "cpu":
         return {"torch.use_deterministic_algorithms": True}
     if device == "gpu":
-        return {
+        settings = {
             # cuBLAS needs a fixed workspace for reproducible matmuls; read when cuBLAS starts.
             "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
             "torch.backends.cuda.matmul.allow_tf32": False,  # parity: TF32 rounds to 10 bits
@@ -33,6 +40,10 @@ def precision_settings(device: str, dtype: str) -> dict:
             # warn_only: an op without a deterministic CUDA kernel warns instead of failing.
             "torch.use_deterministic_algorithms": "warn_only",
         }
+        if tf32 == "default":
+            for name in TF32_SETTINGS:
+                del settings[name]
+        return settings
     if device == "tpu":
         raise DeviceUnavailableError(
             "torch: no tpu device (torch/XLA is not supported by densenet_torch)"

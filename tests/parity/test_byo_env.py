@@ -204,3 +204,28 @@ def test_parity_with_an_existing_interpreter_matches_the_built_environment(secon
         env=envs.worker_env("spec"),
     )
     assert bad.returncode == 2 and "no such file" in bad.stdout + bad.stderr
+
+
+def test_bench_with_an_existing_interpreter_names_it_in_every_line(second_torch, tmp_path):
+    """densenet-bench --python torch=<a venv made here>: the runner starts with that Python and
+    every result line says so (interpreter: path, source, versions)."""
+    out = tmp_path / "bench.jsonl"
+    argv = ["--frameworks", "torch", "--model", "plain", "--preset", "tiny", "--batch", "2"]
+    argv += ["--image-size", "16", "--mode", "infer", "--iters", "1", "--warmup", "0"]
+    argv += ["--peak-size", "0", "--no-setup", "--threads", "1", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "densenet_bench.cli", *argv, "--python", f"torch={second_torch}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=envs.ROOT,
+        env=envs.worker_env("spec"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines and all(line["ok"] for line in lines)
+    for line in lines:
+        assert line["interpreter"]["python"] == str(second_torch)
+        assert line["interpreter"]["source"] == "--python torch"
+        assert line["interpreter"]["versions"]["torch"] == line["versions"]["torch"]
+        assert line["runner_command"].startswith(str(second_torch) + " ")

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import densenet_envs as envs
 from densenet_spec.case import make_case, result_keys
 from densenet_spec.config import get_preset
@@ -81,3 +83,27 @@ def test_missing_device_fails_that_framework_by_name(tmp_path, require_envs):
     )
     assert "Traceback" not in torch["error"]
     assert "torch did not run" in proc.stdout
+
+
+def test_tf32_default_reaches_the_torch_workers_recorded_settings(tmp_path):
+    """--tf32 default is case option "tf32": the torch worker records it beside its precision
+    settings (on CPU those are the CPU ones: TF32 does nothing there); the case in the report
+    carries it; without the option nothing is added to the case."""
+    if not envs.env_python("torch").exists():
+        pytest.skip("environment not built: torch (python3 dev.py envs)")
+    base = ["--preset", "tiny", "--image-size", "16", "--frameworks", "torch"]
+    base += ["--quantities", "eval", "--dtype", "float32"]
+    infos = {}
+    for mode in ("off", "default"):
+        out = tmp_path / f"{mode}.json"
+        proc = parity(*base, "--tf32", mode, "--json", str(out))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        report = json.loads(out.read_text())
+        infos[mode] = report["frameworks"]["torch"]["info"]
+        assert report["case"]["tf32"] == mode
+    assert infos["default"]["tf32"] == "default" and infos["off"]["tf32"] == "off"
+    cpu = {"torch.use_deterministic_algorithms": True}
+    assert infos["default"]["precision"] == infos["off"]["precision"] == cpu
+    assert infos["default"]["interpreter"]["source"].startswith("built: requirements/torch")
+    proc = parity("--tf32", "on")
+    assert proc.returncode == 2 and "invalid choice: 'on'" in proc.stderr

@@ -124,7 +124,32 @@ def test_cli_writes_one_json_line_per_mode_with_every_field(torch_lines):
         assert "densenet_bench.runner" in line["runner_command"]
         assert line["huge_pages"] is False and line["minor_faults_per_step"] >= 0
         assert (line["round"], line["rounds"]) == (1, 1)
+        assert line["interpreter"]["source"] == "built: requirements/torch.txt"
+        assert line["interpreter"]["python"] == str(envs.env_python("torch"))
     assert len({line["run_id"] for line in lines}) == 1
+
+
+def test_a_bad_python_stops_the_run_before_anything_runs(tmp_path):
+    """--python is checked up front (densenet_envs.interpreters): exit 2, nothing written."""
+    out = tmp_path / "results.jsonl"
+    common = ["--preset", "tiny", "--batch", "2", "--image-size", "32", "--json", str(out)]
+    common += ["--peak-size", "0", "--no-setup"]
+    for extra, words in [
+        (["--frameworks", "torch", "--python", f"torch={tmp_path / 'none'}"], "no such file"),
+        (["--frameworks", "torch", "--python", "jax=/x"], "no target of this run uses it"),
+        (["--frameworks", "torch", "--python", "pytorch=/x"], "unknown name 'pytorch'"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "densenet_bench.cli", *common, *extra],
+            capture_output=True,
+            text=True,
+            cwd=envs.ROOT,
+            env=envs.worker_env("spec"),
+            timeout=120,
+        )
+        text = " ".join((proc.stdout + proc.stderr).split())
+        assert proc.returncode == 2 and words in text, text
+        assert "Traceback" not in text and not out.exists()
 
 
 def test_rounds_alternate_the_order_and_the_table_pools_their_steps(tmp_path):

@@ -47,7 +47,7 @@ FAKES = {
 def fake_command(kinds: dict[str, str], folder: Path):
     """A harness.worker_command replacement: framework -> the oracle ("oracle") or a fake."""
 
-    def command(framework, case_dir, out, setup, log):
+    def command(framework, case_dir, out, setup, log, **_):  # **_: pythons, device
         kind, env = kinds[framework], {**os.environ, "PYTHONPATH": str(ROOT)}
         if kind == "oracle":
             return [

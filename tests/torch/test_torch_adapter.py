@@ -19,7 +19,7 @@ from densenet_spec.driver import run_case as drive  # noqa: E402
 from densenet_spec.errors import DeviceUnavailableError  # noqa: E402
 from densenet_spec.testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
 from densenet_torch.adapter import Adapter, environment  # noqa: E402
-from densenet_torch.precision import SETTINGS, precision_settings  # noqa: E402
+from densenet_torch.precision import SETTINGS, TF32_SETTINGS, precision_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,6 +84,58 @@ def test_gpu_environment_applies_exactly_the_gpu_settings(monkeypatch):
             SETTINGS[name][0](value)
     assert info["precision"] == settings
     assert info["device_name"] == "stand-in GPU"
+
+
+def test_tf32_default_leaves_torchs_tf32_flags_alone_and_records_them():
+    """densenet-parity --tf32 default (case option "tf32"): a GPU run sets everything but the two
+    allow_tf32 flags, and still records them as read back (torch's defaults: matmul False, cuDNN
+    convolutions True); the other settings are the parity ones."""
+    off = precision_settings("gpu", "float32")
+    default = precision_settings("gpu", "float32", tf32="default")
+    assert set(TF32_SETTINGS) <= set(off) and not set(TF32_SETTINGS) & set(default)
+    assert default == {k: v for k, v in off.items() if k not in TF32_SETTINGS}
+    assert precision_settings("cpu", "float32", tf32="default") == precision_settings(
+        "cpu", "float32"
+    )
+    with pytest.raises(ValueError, match="tf32"):
+        precision_settings("gpu", "float32", tf32="on")
+
+
+def test_gpu_environment_with_tf32_default_does_not_touch_the_tf32_flags(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stand-in GPU")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # overridden, restored on teardown
+    names = [n for n in precision_settings("gpu", "float32") if n != "CUBLAS_WORKSPACE_CONFIG"]
+    before = {n: SETTINGS[n][1]() for n in names}
+    try:
+        SETTINGS[TF32_SETTINGS[0]][0](True)  # stand-ins for values set elsewhere: kept as they are
+        SETTINGS[TF32_SETTINGS[1]][0](False)
+        info = environment("gpu", "float32", tf32="default")
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+        assert torch.backends.cudnn.allow_tf32 is False
+    finally:
+        for name, value in before.items():
+            SETTINGS[name][0](value)
+    assert info["tf32"] == "default"
+    assert info["precision"][TF32_SETTINGS[0]] is True  # read back, not set
+    assert info["precision"][TF32_SETTINGS[1]] is False
+    applied = {k: v for k, v in info["precision"].items() if k not in TF32_SETTINGS}
+    assert applied == precision_settings("gpu", "float32", tf32="default")
+
+
+def test_the_tf32_case_option_reaches_the_recorded_settings_on_cpu():
+    """On CPU TF32 does nothing: the CPU settings are recorded and "tf32" says what was asked."""
+    case = make_case(
+        get_preset("tiny"),
+        batch=2,
+        image_size=16,
+        quantities=("eval",),
+        options={"tf32": "default"},
+    )
+    _, info = run_case(case)
+    assert info["tf32"] == "default"
+    assert info["precision"] == precision_settings("cpu", "float64")
+    assert environment("cpu", "float64")["tf32"] == "off"
 
 
 def test_cpu_precision_settings_are_what_a_cpu_run_records():
