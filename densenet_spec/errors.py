@@ -9,6 +9,10 @@ from __future__ import annotations
 class DenseNetError(Exception):
     """Base class of every error this project raises on purpose."""
 
+    # TensorFlow's autograph re-raises an error from inside a user's tf.function as its own type
+    # only when its __init__ is Exception's; otherwise users would catch a StagingError.
+    __init__ = Exception.__init__
+
 
 class ConfigError(DenseNetError, ValueError):
     """A DenseNetConfig field is out of range (k <= 0, empty blocks, theta outside (0, 1], ...)."""

@@ -1,5 +1,19 @@
 """DenseNet in TensorFlow with Keras 3 layers (NHWC inside), checked against the NumPy oracle.
 
+Quick start (the same five lines in every densenet_* package; TensorFlow's layout is NHWC):
+
+    from densenet_tf import from_preset, from_nchw, load, predict
+    model = from_preset("d2l")
+    load(model, "weights.safetensors")
+    logits = predict(model, from_nchw(images))
+
+The teaching files: layers.py (blocks), model.py (DenseNet), weights.py (canonical weights),
+train.py (loss, SGD, steps). variants.py builds the "plain" and "fast" models; api.py the shared
+small API; adapter.py runs parity cases and training jobs. Beside them, machinery a reader may
+skip: batchnorm.py (the spec's running variance), max_pool.py (a max-pool that propagates NaN),
+sgd.py (the spec's SGD buffer under a schedule), inputs.py (named errors for bad batches),
+memory_efficient.py, precision.py (parity settings), canonical.py (canonical parameter names).
+
 The public names below are imported on first use, not here: TensorFlow reads
 TF_ENABLE_ONEDNN_OPTS once, when it is imported, and densenet_tf.adapter must set it first
 (`import densenet_tf.adapter` runs this file before the adapter's own first line).
@@ -12,17 +26,15 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 _EXPORTS = {
-    "batch_norm": "layers",
-    "conv_block": "layers",
-    "DenseBlock": "layers",
-    "transition_block": "layers",
-    "bottleneck_block": "layers",
-    "DenseNet": "model",
-    "to_canonical": "weights",
-    "from_canonical": "weights",
-    "save_weights": "weights",
-    "load_weights": "weights",
-    "make_model": "variants",
+    "DenseNet": "api",
+    "make_model": "api",
+    "from_preset": "api",
+    "from_file": "api",
+    "save": "api",
+    "load": "api",
+    "predict": "api",
+    "from_nchw": "api",
+    "LAYOUT": "api",
 }
 __all__ = list(_EXPORTS)
 

@@ -26,7 +26,12 @@ from densenet_spec.config import same_pads
 from densenet_spec.driver import Gradients
 from densenet_spec.errors import DeviceUnavailableError
 from densenet_tf import train
-from densenet_tf.canonical import layer_at
+from densenet_tf.canonical import (
+    from_canonical_array,
+    layer_at,
+    named_variables,
+    to_canonical_array,
+)
 from densenet_tf.model import DenseNet
 from densenet_tf.variants import make_model
 from densenet_tf.weights import from_canonical, to_canonical
@@ -129,6 +134,30 @@ class Adapter:
     def train_step(self, model: DenseNet, optimizer, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         with tf.device(self.info["device_name"]):
             return train.train_step(model, optimizer, x, y)
+
+    def predict(self, model: DenseNet, x: tf.Tensor) -> tf.Tensor:
+        with tf.device(self.info["device_name"]):
+            return train.eval_step(model, x)
+
+    # The training extension (densenet_spec.training): the spec's momentum buffers (sgd.py)
+    def optimizer_state(self, model: DenseNet, optimizer) -> dict[str, np.ndarray]:
+        return {
+            name: to_canonical_array(optimizer.buffer(variable).numpy())
+            for name, variable in named_variables(model).items()
+            if variable.trainable
+        }
+
+    def load_optimizer_state(self, model: DenseNet, optimizer, buffers: dict) -> None:
+        trainable = {n: v for n, v in named_variables(model).items() if v.trainable}
+        unknown = sorted(set(buffers) - set(trainable))
+        if unknown:
+            raise KeyError(f"no trainable parameter named {', '.join(unknown[:4])}")
+        for name, value in buffers.items():
+            slot = optimizer.buffer(trainable[name])
+            slot.assign(from_canonical_array(np.asarray(value, slot.dtype)))
+
+    def set_lr(self, optimizer, lr: float) -> None:
+        optimizer.learning_rate = lr
 
     def to_numpy(self, t) -> np.ndarray:
         v = np.asarray(t)

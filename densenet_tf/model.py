@@ -2,8 +2,10 @@
 
 import keras
 
-from densenet_spec.config import DenseNetConfig, check_input_shape
+from densenet_spec.config import DenseNetConfig, check_float_dtype
+from densenet_tf.inputs import check_input
 from densenet_tf.layers import CHANNEL_AXIS, DenseBlock, batch_norm, transition_block
+from densenet_tf.max_pool import NaNMaxPooling2D
 
 
 class DenseNet(keras.Model):
@@ -11,11 +13,20 @@ class DenseNet(keras.Model):
 
     norm_layer(num_features, config, *, name): builds each BatchNorm (layers.batch_norm);
     dense_block: the DenseBlock class (memory_efficient.MemoryEfficientDenseBlock recomputes).
+    max_pool_layer: the stem's max-pool (default max_pool.NaNMaxPooling2D: NaN propagates).
     Input and outputs are NHWC; weights.py converts to the canonical (NCHW/OIHW) layout.
     """
 
-    def __init__(self, config: DenseNetConfig, *, norm_layer=batch_norm, dense_block=DenseBlock):
+    def __init__(
+        self,
+        config: DenseNetConfig,
+        *,
+        norm_layer=batch_norm,
+        dense_block=DenseBlock,
+        max_pool_layer=NaNMaxPooling2D,
+    ):
         super().__init__(name="densenet")
+        check_float_dtype(self.dtype_policy.variable_dtype, "model")  # before any weight exists
         self.config = c = config
         if c.stem == "imagenet":
             stem = [
@@ -28,7 +39,8 @@ class DenseNet(keras.Model):
                 keras.layers.ReLU(name="relu"),
                 # parity: zeros, not the spec's -inf: the same maxima after ReLU (>= 0); pad 1
                 keras.layers.ZeroPadding2D(1, name="pool_pad"),
-                keras.layers.MaxPooling2D(3, strides=2, name="pool"),
+                # parity: Keras's max-pool skips NaN; the spec's propagates it (max_pool.py)
+                max_pool_layer(3, strides=2, name="pool"),
             ]
         else:  # cifar: a single 3x3 conv, no BN in the stem
             stem = [
@@ -64,7 +76,7 @@ class DenseNet(keras.Model):
 
     def stage_outputs(self, x, training=False) -> dict:
         """Every stage's output keyed by densenet_spec.params.stage_names, NHWC."""
-        check_input_shape(self.config, x.shape, "NHWC", training=bool(training))
+        check_input(self, x, training)  # named errors for a wrong dtype or shape
         out = {"stem": self.stem(x, training=training)}
         x = out["stem"]
         k = self.config.growth_rate

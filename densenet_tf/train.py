@@ -2,6 +2,8 @@
 
 Steps are compiled with tf.function; XLA (jit_compile) where the model's own Keras setting
 model.jit_compile says so (variants.make_model sets it), or where the caller asks. Inputs are NHWC.
+Each step checks its batch first (inputs.py): named errors before any state changes, and before
+tf.function, which would report them as an autograph StagingError.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import tensorflow as tf
 
 from densenet_spec.case import SGDConfig
 from densenet_tf.canonical import named_variables, to_canonical_array
+from densenet_tf.inputs import check_batch, check_input
+from densenet_tf.sgd import SpecSGD
 
 
 def loss_fn(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -23,22 +27,18 @@ def loss_fn(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
 
 
 def make_optimizer(model: keras.Model, sgd: SGDConfig) -> keras.optimizers.Optimizer:
-    """keras.optimizers.SGD set to the spec's rule, built for the model's trainable variables.
+    """keras.optimizers.SGD set to the spec's rule, built for the model's trainable variables:
+    buf = momentum * buf + (g + wd * p); p -= lr * buf.
 
-    Keras keeps lr inside the velocity (v = m * v - lr * g; p += v); at a constant lr that is the
-    spec's buf = m * buf + g; p -= lr * buf.
+    Keras keeps lr inside the velocity (v = m * v - lr * g; p += v), which is the spec's rule
+    only at a constant lr; sgd.SpecSGD keeps the spec's buffer (and the rate in float64), so a
+    schedule (optimizer.learning_rate = lr before a step) follows the spec too.
     """
-    optimizer = keras.optimizers.SGD(
-        # parity: a float learning rate becomes a floatx (float32) Keras variable, and Keras
-        # casts a Python float momentum through float32 (tf.cast(0.9, float64) = 0.8999999762).
-        # NumPy float64 scalars keep both exact for float64 and round once for float32.
-        learning_rate=lambda: np.float64(sgd.lr),
-        momentum=np.float64(sgd.momentum),
-        # parity: Keras's weight_decay is decoupled (p -= lr * wd * p, outside the momentum);
-        # the spec's is coupled L2, added to the gradient in train_step. Left unset here.
-        weight_decay=None,
-    )
+    # parity: the spec's buffer and a float64 rate (sgd.py)
+    optimizer = SpecSGD(learning_rate=sgd.lr, momentum=sgd.momentum)
     optimizer.build(model.trainable_variables)
+    # parity: Keras's weight_decay is decoupled (p -= lr * wd * p, outside the momentum);
+    # the spec's is coupled L2, added to the gradient in train_step. Left unset above.
     optimizer.coupled_weight_decay = sgd.weight_decay
     return optimizer
 
@@ -55,11 +55,13 @@ def train_step(
 
     jit_compile: XLA or not; None takes the model's keras setting, model.jit_compile.
     """
+    check_batch(model, x, y, training=True)  # before any running statistic moves
     return _compiled(model, _train_step, jit_compile)(model, optimizer, x, y)
 
 
 def eval_step(model: keras.Model, x: tf.Tensor, *, jit_compile: bool | None = None) -> tf.Tensor:
     """Logits in eval mode (running statistics); jit_compile as in train_step."""
+    check_input(model, x, training=False)
     return _compiled(model, _eval_step, jit_compile)(model, x)
 
 
@@ -67,6 +69,7 @@ def gradients(
     model: keras.Model, x: tf.Tensor, y: tf.Tensor, training: bool
 ) -> tuple[tf.Tensor, tf.Tensor, dict[str, np.ndarray]]:
     """(loss, d loss / d x in NHWC, {canonical name: gradient in canonical layout})."""
+    check_batch(model, x, y, training)
     x = tf.convert_to_tensor(x)
     named = {n: v for n, v in named_variables(model).items() if v.trainable}
     with tf.GradientTape() as tape:

@@ -15,7 +15,7 @@ import contextlib
 
 import keras
 
-from densenet_spec.config import DenseNetConfig
+from densenet_spec.config import DenseNetConfig, check_float_dtype
 from densenet_spec.errors import UnknownVariantError
 from densenet_spec.frameworks import VARIANTS
 from densenet_tf.layers import DenseBlock
@@ -35,7 +35,10 @@ def make_model(
     "plain" is DenseNet(config) with XLA off; "fast" leaves model.jit_compile to Keras's "auto"
     rule (XLA on a GPU, unless op determinism is on; off on CPU-only machines, so there
     fast == plain). model.jit_compile is what train.train_step and eval_step use by default.
+    Another variant raises UnknownVariantError, a dtype other than float32 / float64
+    DTypeError (before anything is built).
     """
+    dtype = check_float_dtype(dtype, "model")
     if variant not in VARIANTS:
         raise UnknownVariantError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     dense_block = MemoryEfficientDenseBlock if memory_efficient else DenseBlock
