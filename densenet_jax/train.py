@@ -1,22 +1,22 @@
-"""Loss, the spec's SGD, one train step and an eval step, compiled with nnx.jit."""
+"""Loss, the spec's SGD, one train step, an eval step, gradients; compiled with nnx.jit."""
 
 from __future__ import annotations
 
 import jax
+import numpy as np
 import optax
 from flax import nnx
 
-from densenet_jax.weights import _canonical
+from densenet_jax.weights import to_canonical
 from densenet_spec.case import SGDConfig
-from densenet_spec.params import param_specs
 
 
-def loss_fn(logits, labels):
+def loss_fn(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean cross-entropy over the batch, integer labels."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_optimizer(model, sgd: SGDConfig) -> nnx.Optimizer:
+def make_optimizer(model: nnx.Module, sgd: SGDConfig) -> nnx.Optimizer:
     """SGD with momentum and coupled L2 decay on every Param, as torch.optim.SGD.
 
     buf = momentum * buf + (grad + weight_decay * param); param -= lr * buf.
@@ -43,7 +43,9 @@ def _train_step(model, optimizer, x, y):
     return loss
 
 
-def train_step(model, optimizer: nnx.Optimizer, x, y) -> jax.Array:
+def train_step(
+    model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array
+) -> jax.Array:
     """Forward in train mode, backward, one SGD update in place; returns the loss."""
     model.train()
     return _train_step(model, optimizer, x, y)
@@ -54,7 +56,7 @@ def _eval_step(model, x):
     return model(x)
 
 
-def eval_step(model, x) -> jax.Array:
+def eval_step(model: nnx.Module, x: jax.Array) -> jax.Array:
     """Logits with BatchNorm on its running statistics."""
     model.eval()
     return _eval_step(model, x)
@@ -62,23 +64,24 @@ def eval_step(model, x) -> jax.Array:
 
 @nnx.jit
 def _loss_and_gradients(model, x, y):
-    """One forward and backward pass: loss, d loss / d x, d loss / d params, stage outputs."""
-
     def loss_of(model, x):
-        features = model.forward_features(x)
-        return loss_fn(features["logits"], y), features
+        return loss_fn(model(x), y)
 
-    grad_fn = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)  # model's Params, x
-    (loss, features), (grads, grad_input) = grad_fn(model, x)
-    return loss, grad_input, grads, features
+    grad_fn = nnx.value_and_grad(loss_of, argnums=(0, 1))  # the model's Params, x
+    loss, (grads, grad_input) = grad_fn(model, x)
+    return loss, grad_input, grads
 
 
-def gradients(model, x, y, training: bool):
-    """(loss, d loss / d x in NHWC, {canonical name: gradient in canonical layout})."""
+def gradients(
+    model: nnx.Module, x: jax.Array, y: jax.Array, training: bool
+) -> tuple[jax.Array, jax.Array, dict[str, np.ndarray]]:
+    """(loss, d loss / d x in NHWC, {canonical name: gradient in canonical layout}).
+
+    A train-mode call, like any train-mode forward, updates the running statistics.
+    """
     if training:
         model.train()
     else:
         model.eval()
-    loss, grad_input, grads, _ = _loss_and_gradients(model, x, y)
-    trainable = [s for s in param_specs(model.config) if s.trainable]
-    return loss, grad_input, _canonical(grads, trainable)
+    loss, grad_input, grads = _loss_and_gradients(model, x, y)
+    return loss, grad_input, to_canonical(model, grads)

@@ -7,6 +7,8 @@ and, for kernels, the layout differ.
 
 from __future__ import annotations
 
+import os
+
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -15,7 +17,7 @@ from densenet_spec import weightfile
 from densenet_spec.params import ParamSpec, param_specs
 
 # ParamSpec.kind -> (NNX leaf, axes taking the canonical layout to the NNX layout)
-_LEAVES = {
+LEAVES = {
     "conv_weight": ("kernel", (2, 3, 1, 0)),  # OIHW -> HWIO
     "conv_bias": ("bias", None),
     "bn_weight": ("scale", None),
@@ -29,31 +31,34 @@ _LEAVES = {
 
 def _nnx_path(spec: ParamSpec) -> tuple:
     *modules, _ = spec.name.split(".")
-    leaf, _ = _LEAVES[spec.kind]
+    leaf, _ = LEAVES[spec.kind]
     return tuple(int(p) if p.isdigit() else p for p in modules) + (leaf,)
 
 
 def _to_canonical_layout(spec: ParamSpec, value) -> np.ndarray:
-    _, axes = _LEAVES[spec.kind]
+    _, axes = LEAVES[spec.kind]
     value = np.asarray(value)
     return np.ascontiguousarray(value if axes is None else value.transpose(np.argsort(axes)))
 
 
-def _canonical(state: nnx.State, specs: list[ParamSpec]) -> dict[str, np.ndarray]:
-    """Canonical name -> numpy array for `specs`, read from an NNX state (model or gradients)."""
+def to_canonical(model: nnx.Module, grads: nnx.State | None = None) -> dict[str, np.ndarray]:
+    """Every parameter and running statistic, canonical names and layout, in forward order.
+
+    Given `grads` (gradients with respect to the model's Params, as nnx.grad returns them), the
+    gradient of every trainable tensor instead, under the same names and in the same layout.
+    """
+    specs = param_specs(model.config)
+    if grads is None:
+        state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+    else:
+        state, specs = grads, [s for s in specs if s.trainable]
     flat = dict(nnx.to_flat_state(state))
     if len(flat) != len(specs):
         raise AssertionError(f"NNX state has {len(flat)} tensors, the spec names {len(specs)}")
     return {s.name: _to_canonical_layout(s, flat[_nnx_path(s)][...]) for s in specs}
 
 
-def to_canonical(model) -> dict[str, np.ndarray]:
-    """Every parameter and running statistic, canonical names and layout, in forward order."""
-    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-    return _canonical(state, param_specs(model.config))
-
-
-def from_canonical(model, tensors: dict) -> None:
+def from_canonical(model: nnx.Module, tensors: dict[str, np.ndarray]) -> None:
     """Validate (WeightKeysError, WeightDtypeError), then copy every tensor into the model."""
     weightfile.check_tensors(tensors, model.config, model.dtype.name)
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))))
@@ -61,7 +66,7 @@ def from_canonical(model, tensors: dict) -> None:
     if len(flat) != len(specs):
         raise AssertionError(f"model has {len(flat)} tensors, the spec names {len(specs)}")
     for s in specs:
-        _, axes = _LEAVES[s.kind]
+        _, axes = LEAVES[s.kind]
         value = np.asarray(tensors[s.name])
         value = value if axes is None else value.transpose(axes)
         variable = flat[_nnx_path(s)]
@@ -70,10 +75,10 @@ def from_canonical(model, tensors: dict) -> None:
         variable.set_value(jnp.asarray(value))  # also fills a model built by nnx.eval_shape
 
 
-def save_weights(model, path) -> None:
+def save_weights(model: nnx.Module, path: str | os.PathLike) -> None:
     weightfile.save_weights(path, to_canonical(model), model.config)
 
 
-def load_weights(model, path) -> None:
+def load_weights(model: nnx.Module, path: str | os.PathLike) -> None:
     tensors, _ = weightfile.load_weights(path, model.config, model.dtype.name)
     from_canonical(model, tensors)

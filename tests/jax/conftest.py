@@ -47,19 +47,37 @@ def _cases():
 
 
 @functools.cache
-def _parity_case(name: str, dtype: str = "float64", memory_efficient: bool = False):
+def _parity_case(
+    name: str, dtype: str = "float64", memory_efficient: bool = False, variant: str = "plain"
+):
     from densenet_spec.case import make_case
 
     config, batch, size, steps, quantities = _cases()[name]
-    return make_case(config, batch=batch, image_size=size, steps=steps, dtype=dtype,
-                     quantities=quantities, memory_efficient=memory_efficient)
+    return make_case(
+        config,
+        batch=batch,
+        image_size=size,
+        steps=steps,
+        dtype=dtype,
+        quantities=quantities,
+        memory_efficient=memory_efficient,
+        variant=variant,
+    )
+
+
+def run_jax_case(case):
+    """densenet_jax's (results, info) for a case, through the one worker driver."""
+    from densenet_jax.adapter import Adapter
+    from densenet_spec.driver import run_case
+
+    return run_case(case, Adapter(case))
 
 
 @functools.cache
-def _jax_results(name: str, dtype: str = "float64", memory_efficient: bool = False) -> dict:
-    from densenet_jax.worker import run_case
-
-    return run_case(_parity_case(name, dtype, memory_efficient))[0]
+def _jax_results(
+    name: str, dtype: str = "float64", memory_efficient: bool = False, variant: str = "plain"
+) -> dict:
+    return run_jax_case(_parity_case(name, dtype, memory_efficient, variant))[0]
 
 
 @functools.cache
@@ -81,22 +99,32 @@ def _oracle64_of_float32(name: str) -> dict:
     case = _parity_case(name, "float32")
     up = functools.partial(np.asarray, dtype=np.float64)
     case64 = dataclasses.replace(
-        case, dtype="float64", params={k: up(v) for k, v in case.params.items()},
-        x=up(case.x), step_x=up(case.step_x),
+        case,
+        dtype="float64",
+        params={k: up(v) for k, v in case.params.items()},
+        x=up(case.x),
+        step_x=up(case.step_x),
     )
     return reference.run_case(case64)[0]
 
 
 @pytest.fixture(scope="session")
 def parity_case():
-    """parity_case(name, dtype="float64", memory_efficient=False) -> Case (cached)."""
+    """parity_case(name, dtype="float64", memory_efficient=False, variant="plain") -> Case."""
     return _parity_case
 
 
 @pytest.fixture(scope="session")
 def jax_results():
-    """jax_results(name, dtype="float64", memory_efficient=False) -> densenet_jax's results."""
+    """jax_results(name, dtype="float64", memory_efficient=False, variant="plain") -> results
+    of densenet_jax through the driver (cached)."""
     return _jax_results
+
+
+@pytest.fixture(scope="session")
+def jax_run_case():
+    """run_case(case) -> (results, info): densenet_jax through the one worker driver."""
+    return run_jax_case
 
 
 @pytest.fixture(scope="session")

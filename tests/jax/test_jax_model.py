@@ -1,5 +1,5 @@
 """The JAX DenseNet's structure and edges: parameter counts, canonical names, padding, BatchNorm,
-named errors, weight files."""
+max-pool gradients, forward-mode differentiation, variants, named errors, weight files."""
 
 import pytest
 
@@ -9,12 +9,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from densenet_jax import xla_cpu  # noqa: E402
+from densenet_jax.batchnorm import BatchNorm  # noqa: E402
 from densenet_jax.layers import batch_norm  # noqa: E402
-from densenet_jax.model import DenseNet, _max_pool  # noqa: E402
-from densenet_jax.train import eval_step  # noqa: E402
+from densenet_jax.memory_efficient import MemoryEfficientDenseBlock  # noqa: E402
+from densenet_jax.model import DenseNet  # noqa: E402
+from densenet_jax.train import eval_step, loss_fn  # noqa: E402
+from densenet_jax.variants import make_model  # noqa: E402
 from densenet_jax.weights import (  # noqa: E402
-    _LEAVES,
-    _nnx_path,
+    LEAVES,
     from_canonical,
     load_weights,
     save_weights,
@@ -26,6 +29,7 @@ from densenet_spec.config import PRESETS, get_preset, min_image_size  # noqa: E4
 from densenet_spec.errors import (  # noqa: E402
     ConfigMismatchError,
     InputShapeError,
+    UnknownVariantError,
     WeightDtypeError,
     WeightKeysError,
 )
@@ -35,15 +39,21 @@ from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 # torchvision's densenet121/161/169/201 have exactly these; d2l's chapter 8.7 model 758,226
 
 
-def abstract(config, dtype=jnp.float64, memory_efficient=False):
+def abstract(config, dtype=jnp.float64, variant="plain", memory_efficient=False):
     """Shapes only (nnx.eval_shape): no arrays, no random initialisation."""
-    return nnx.eval_shape(lambda: DenseNet(config, memory_efficient, dtype=dtype))
+    return nnx.eval_shape(lambda: make_model(config, variant, memory_efficient, dtype=dtype))
 
 
-def loaded(case):
-    model = abstract(case.config, jnp.dtype(case.dtype))
+def loaded(case, variant="plain"):
+    model = abstract(case.config, jnp.dtype(case.dtype), variant)
     from_canonical(model, case.params)
     return model
+
+
+def nnx_path(name: str, kind: str) -> tuple:
+    """The NNX path of a canonical tensor: the same module path, NNX's leaf name (LEAVES)."""
+    *modules, _ = name.split(".")
+    return tuple(int(p) if p.isdigit() else p for p in modules) + (LEAVES[kind][0],)
 
 
 def nhwc(x):
@@ -61,11 +71,11 @@ def test_parameter_count_and_names_match_spec(name):
     # Every Param and BatchStat is one canonical tensor (so loading sets everything).
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))))
     specs = param_specs(config)
-    assert sorted(map(str, flat)) == sorted(str(_nnx_path(s)) for s in specs)
+    assert sorted(map(str, flat)) == sorted(str(nnx_path(s.name, s.kind)) for s in specs)
     for s in specs:
-        axes = _LEAVES[s.kind][1]
+        axes = LEAVES[s.kind][1]
         want = s.shape if axes is None else tuple(s.shape[a] for a in axes)
-        assert flat[_nnx_path(s)].shape == want, s.name
+        assert flat[nnx_path(s.name, s.kind)].shape == want, s.name
 
 
 def test_d2l_has_exactly_758226_parameters():
@@ -85,8 +95,16 @@ def test_same_padding_would_change_the_stem(parity_case, oracle_results):
     assert_close({"eval/stem": ours}, oracle, "float64")
 
     c = case.config
-    same_conv = nnx.Conv(c.in_channels, c.num_init_features, (7, 7), (2, 2), padding="SAME",
-                         dtype=jnp.float64, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    same_conv = nnx.Conv(
+        c.in_channels,
+        c.num_init_features,
+        (7, 7),
+        (2, 2),
+        padding="SAME",
+        dtype=jnp.float64,
+        param_dtype=jnp.float64,
+        rngs=nnx.Rngs(0),
+    )
     same_conv.kernel[...] = model.stem.conv.kernel[...]
     same_conv.bias[...] = model.stem.conv.bias[...]
     h = nnx.relu(model.stem.norm(same_conv(x)))
@@ -99,6 +117,7 @@ def test_batch_norm_follows_the_spec():
     """eps, torch-convention momentum, unbiased running variance, biased normalisation."""
     config = get_preset("tiny").replace(bn_eps=1e-3, bn_momentum=0.25)
     bn = batch_norm(3, config, dtype=jnp.float64)
+    assert isinstance(bn, BatchNorm)
     assert bn.momentum == 0.75  # Flax's convention: the weight of the old running value
     rng = np.random.default_rng(0)
     x = rng.normal(1.0, 2.0, (2, 3, 4, 3))
@@ -121,23 +140,149 @@ def test_batch_norm_follows_the_spec():
     np.testing.assert_array_equal(bn.mean[...], running_mean)  # eval never updates
 
 
-@pytest.mark.parametrize("shape", [(2, 9, 8, 3), (1, 16, 16, 4)])
-def test_max_pool_gradient_goes_to_the_first_maximum(shape):
-    """The stem's max-pool (custom backward) against the spec's: same output, each window's
-    gradient on its first maximum in row-major order, ties included (odd and even sizes)."""
+def _pool_case(shape, ties: bool):
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape)
-    x[0, :3, :3, 0] = 0.5  # one window, all tied
-    x[0, 4, :, 1] = 1.25  # ties along a row, shared between neighbouring windows
+    if ties:
+        x[0, :3, :3, 0] = 0.5  # one window, all tied
+        x[0, 4, :, 1] = 1.25  # ties along a row, shared between neighbouring windows
     out_shape = (shape[0], (shape[1] + 1) // 2, (shape[2] + 1) // 2, shape[3])
     g = rng.normal(size=out_shape)
-    y, vjp = jax.vjp(lambda x: _max_pool(x, 3, 2, 1), jnp.asarray(x))
     want_y, backward = reference._max_pool(x.transpose(0, 3, 1, 2))
-    np.testing.assert_array_equal(np.asarray(y), want_y.transpose(0, 2, 3, 1))
     want_g = backward(g.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
-    np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(g))[0]), want_g)
-    same = nnx.max_pool(jnp.asarray(x), (3, 3), (2, 2), ((1, 1), (1, 1)))
+    return jnp.asarray(x), jnp.asarray(g), want_y.transpose(0, 2, 3, 1), want_g
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 8, 3), (1, 16, 16, 4)])
+def test_xla_cpu_max_pool_gradient_goes_to_the_first_maximum(shape):
+    """The fast stem max-pool (custom backward) against the spec's: same output, each window's
+    gradient on its first maximum in row-major order, ties included (odd and even sizes)."""
+    x, g, want_y, want_g = _pool_case(shape, ties=True)
+    pads = ((1, 1), (1, 1))
+    y, vjp = jax.vjp(lambda x: xla_cpu.max_pool(x, (3, 3), (2, 2), pads), x)
+    np.testing.assert_array_equal(np.asarray(y), want_y)
+    np.testing.assert_array_equal(np.asarray(vjp(g)[0]), want_g)
+    same = nnx.max_pool(x, (3, 3), (2, 2), pads)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(same))
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 8, 3), (1, 16, 16, 4)])
+def test_plain_max_pool_gradient_matches_the_spec_without_ties(shape):
+    """nnx.max_pool with JAX's own gradient (the plain model's): the spec's numbers wherever each
+    window has one maximum. Tied windows may route the gradient to another maximum than the
+    spec's first one; in the stem those are ReLU zeros, whose gradient is zero either way."""
+    x, g, want_y, want_g = _pool_case(shape, ties=False)
+    y, vjp = jax.vjp(lambda x: nnx.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))), x)
+    np.testing.assert_array_equal(np.asarray(y), want_y)
+    # An input in up to four windows sums their gradients in another order: rounding only.
+    np.testing.assert_allclose(np.asarray(vjp(g)[0]), want_g, rtol=1e-15, atol=1e-15)
+
+
+def _pure_forward(model):
+    """The model as a pure function of (state, x) -> (logits, state after the call)."""
+    graphdef, state = nnx.split(model)
+
+    def forward(state, x):
+        model = nnx.merge(graphdef, state)
+        return model(x), nnx.state(model)
+
+    return forward, state
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_plain_model_supports_jax_jvp(parity_case, mode):
+    """Forward mode through the default model (every BatchNorm, the stem's max-pool, the
+    concatenations): jax.jvp's tangent equals a central finite difference (float64)."""
+    case = parity_case("tiny")
+    model = loaded(case)
+    getattr(model, mode)()
+    forward, state = _pure_forward(model)
+    x = jnp.asarray(case.x.transpose(0, 2, 3, 1))
+    v = jnp.asarray(np.random.default_rng(1).normal(size=x.shape))
+    zero = jax.tree.map(jnp.zeros_like, state)
+    jvp = jax.jit(lambda x, v: jax.jvp(forward, (state, x), (zero, v)))
+    (logits, new_state), (tangent, _) = jvp(x, v)
+    h = 1e-6
+    plus, minus = forward(state, x + h * v)[0], forward(state, x - h * v)[0]
+    np.testing.assert_allclose(tangent, (plus - minus) / (2 * h), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(logits, forward(state, x)[0], rtol=1e-12, atol=1e-12)
+    changed = not np.array_equal(new_state["stem"]["norm"]["mean"][...], model.stem.norm.mean[...])
+    assert changed is (mode == "train")  # train mode updates the running statistics
+
+
+def test_plain_model_supports_nnx_jvp_in_train_mode(parity_case):
+    """nnx.jvp (tree mode) on the module itself: tangents out, running statistics updated."""
+    case = parity_case("tiny")
+    model = loaded(case)
+    model.train()
+    x = jnp.asarray(case.x.transpose(0, 2, 3, 1))
+    before = np.asarray(model.stem.norm.mean[...])
+    zero = jax.tree.map(jnp.zeros_like, model)
+    logits, tangent = nnx.jvp(lambda m, x: m(x), (model, x), (zero, jnp.ones_like(x)), graph=False)
+    assert tangent.shape == logits.shape == (2, case.config.num_classes)
+    assert not np.array_equal(model.stem.norm.mean[...], before)
+
+
+def test_plain_model_supports_jax_hessian(parity_case):
+    """jax.hessian (forward over reverse) of the train-mode loss with respect to the stem's
+    BatchNorm scale: every later layer in between. Symmetric, and equal to a central finite
+    difference of jax.grad."""
+    case = parity_case("tiny")
+    model = loaded(case)
+    model.train()
+    graphdef, state = nnx.split(model)
+    x, y = jnp.asarray(case.x.transpose(0, 2, 3, 1)), jnp.asarray(case.y)
+
+    def loss(scale):
+        model = nnx.merge(graphdef, state, copy=True)
+        model.stem.norm.scale[...] = scale
+        return loss_fn(model(x), y)
+
+    scale = np.asarray(state["stem"]["norm"]["scale"][...])
+    hessian = np.asarray(jax.jit(jax.hessian(loss))(scale))
+    assert hessian.shape == (scale.size, scale.size)
+    np.testing.assert_allclose(hessian, hessian.T, rtol=1e-9, atol=1e-12)
+    grad, h = jax.jit(jax.grad(loss)), 1e-5
+    eye = np.eye(scale.size)
+    columns = [(grad(scale + h * e) - grad(scale - h * e)) / (2 * h) for e in eye]
+    np.testing.assert_allclose(hessian, np.stack(columns, axis=1), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("variant, memory_efficient", [("fast", False), ("plain", True)])
+def test_fast_and_memory_efficient_models_are_reverse_mode_only(variant, memory_efficient):
+    """Their jax.custom_vjp kernels (xla_cpu.py on CPU, memory_efficient.py) refuse forward
+    mode, as their docstrings say; reverse mode is exact (the parity tests)."""
+    config = get_preset("tiny")
+    model = nnx.eval_shape(
+        lambda: make_model(config, variant, memory_efficient, dtype=jnp.float64, platform="cpu")
+    )
+    model.eval()
+    forward, state = _pure_forward(model)
+
+    def jvp(state, x):
+        return jax.jvp(forward, (state, x), (jax.tree.map(jnp.zeros_like, state), x))
+
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float64)
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+        jax.jit(jvp).lower(state, x)  # raised when lowered (jax.eval_shape passes)
+
+
+def test_make_model_variants():
+    """plain is DenseNet(config); fast injects xla_cpu.py's kernels on CPU only; unknown
+    variants are named errors."""
+    config = get_preset("tiny")
+    plain = abstract(config)
+    assert type(plain) is DenseNet and type(plain.stem.conv) is nnx.Conv
+    assert plain.stem.max_pool is nnx.max_pool and type(plain.head.norm) is BatchNorm
+    fast = nnx.eval_shape(lambda: make_model(config, "fast", platform="cpu"))
+    assert type(fast.stem.conv) is xla_cpu.Conv and fast.stem.max_pool is xla_cpu.max_pool
+    assert type(fast.blocks[0].layers[0].norm1) is xla_cpu.BatchNorm
+    elsewhere = nnx.eval_shape(lambda: make_model(config, "fast", platform="gpu"))
+    assert nnx.graphdef(elsewhere) == nnx.graphdef(nnx.eval_shape(lambda: make_model(config)))
+    efficient = abstract(config, variant="fast", memory_efficient=True)
+    assert all(type(b) is MemoryEfficientDenseBlock for b in efficient.blocks)
+    with pytest.raises(UnknownVariantError, match="unknown variant 'turbo'; known: plain, fast"):
+        make_model(config, "turbo")
 
 
 def test_train_and_eval_switch_every_batch_norm():
@@ -175,7 +320,7 @@ def test_train_mode_batch_that_pools_to_one_value_is_rejected(tiny_model):
     x = jnp.zeros((1, size, size, 3), jnp.float64)
     tiny_model.train()
     with pytest.raises(InputShapeError, match="more than one value per channel"):
-        tiny_model.forward_features(x)
+        tiny_model.stage_outputs(x)
     tiny_model.eval()  # eval mode normalises with running statistics: one image is fine
     logits = nnx.eval_shape(lambda model, x: model(x), tiny_model, x)
     assert logits.shape == (1, tiny_model.config.num_classes)

@@ -1,4 +1,5 @@
-"""The JAX DenseNet against the NumPy oracle (densenet_spec.reference) and against itself.
+"""The JAX DenseNet, plain and fast variants, against the NumPy oracle (densenet_spec.reference)
+and against itself.
 
 float64: every quantity within the tolerance table (semantics). float32: within the bound derived
 from the oracle's own float32 rounding on the same case. memory_efficient (recomputed) == plain.
@@ -12,32 +13,38 @@ jax = pytest.importorskip("jax")
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from densenet_jax.model import DenseNet  # noqa: E402
 from densenet_jax.train import gradients, loss_fn, make_optimizer, train_step  # noqa: E402
+from densenet_jax.variants import make_model  # noqa: E402
 from densenet_jax.weights import from_canonical, to_canonical  # noqa: E402
 from densenet_spec import reference  # noqa: E402
 from densenet_spec.compare import assert_close, rel_errors  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
+from densenet_spec.frameworks import VARIANTS  # noqa: E402
 
 FLOAT64 = ["tiny", "tiny_biased_var", "d2l", "densenet_bc_100"]
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", FLOAT64)
-def test_float64_matches_oracle(name, jax_results, oracle_results):
-    ours, oracle = jax_results(name), oracle_results(name)
+def test_float64_matches_oracle(name, variant, jax_results, oracle_results):
+    ours, oracle = jax_results(name, variant=variant), oracle_results(name)
     assert list(ours) == list(oracle)
     assert_close(ours, oracle, "float64")
 
 
-def test_densenet121_32px_eval_mode_matches_oracle(parity_case, jax_results, oracle_results):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_densenet121_32px_eval_mode_matches_oracle(
+    variant, parity_case, jax_results, oracle_results
+):
     """Eval-mode outputs, and train.gradients in eval mode (input and every parameter).
 
     Train mode is not checked at 32x32: the last block is 1x1 and its BatchNorms see 2 values
     per channel, which amplifies float64 rounding to ~5e-9 (torch measures the same).
     """
-    assert_close(jax_results("densenet121"), oracle_results("densenet121"), "float64")
+    ours = jax_results("densenet121", variant=variant)
+    assert_close(ours, oracle_results("densenet121"), "float64")
     case = parity_case("densenet121")
-    model = nnx.eval_shape(lambda: DenseNet(case.config, dtype=np.float64))
+    model = nnx.eval_shape(lambda: make_model(case.config, variant, dtype=np.float64))
     from_canonical(model, case.params)
     loss, grad_input, grads = gradients(model, case.x.transpose(0, 2, 3, 1), case.y, False)
     want_loss, want_input, want_grads = reference.gradients(
@@ -45,24 +52,31 @@ def test_densenet121_32px_eval_mode_matches_oracle(parity_case, jax_results, ora
     )
     ours = {"input": np.asarray(grad_input).transpose(0, 3, 1, 2), **grads}
     want = {"input": want_input, **want_grads}
-    assert_close({f"eval_grad/{k}": v for k, v in ours.items()},
-                 {f"eval_grad/{k}": v for k, v in want.items()}, "float64")
+    assert_close(
+        {f"eval_grad/{k}": v for k, v in ours.items()},
+        {f"eval_grad/{k}": v for k, v in want.items()},
+        "float64",
+    )
     assert_close({"loss/eval": np.asarray(loss)}, {"loss/eval": np.asarray(want_loss)}, "float64")
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", ["tiny", "d2l"])
-def test_float32_matches_oracle_within_derived_bound(name, jax_results, oracle_results,
-                                                     oracle64_of_float32):
-    ours, oracle64 = jax_results(name, "float32"), oracle64_of_float32(name)
+def test_float32_matches_oracle_within_derived_bound(
+    name, variant, jax_results, oracle_results, oracle64_of_float32
+):
+    ours, oracle64 = jax_results(name, "float32", variant=variant), oracle64_of_float32(name)
     assert {v.dtype for v in ours.values()} == {np.dtype("float32")}
     float32_errors = rel_errors(oracle_results(name, "float32"), oracle64)
     assert_close(ours, oracle64, "float32", float32_errors=float32_errors)
 
 
-@pytest.mark.parametrize("name", ["tiny"])
-def test_memory_efficient_matches_plain(name, jax_results):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_memory_efficient_matches_plain(variant, jax_results, oracle_results):
     """Recomputed dense layers: the same numbers, running statistics updated once per step."""
-    plain, efficient = jax_results(name), jax_results(name, memory_efficient=True)
+    plain = jax_results("tiny")
+    efficient = jax_results("tiny", memory_efficient=True, variant=variant)
+    assert_close(efficient, oracle_results("tiny"), "float64")
     assert_close(efficient, plain, "float64")
     for key in plain:
         if key.endswith(("running_mean", "running_var")):
@@ -71,7 +85,7 @@ def test_memory_efficient_matches_plain(name, jax_results):
 
 def _compiled_temp_bytes(config, memory_efficient: bool) -> int:
     """XLA's temp size (every intermediate) of the compiled train-mode gradient, batch 2, 32x32."""
-    model = nnx.eval_shape(lambda: DenseNet(config, memory_efficient, dtype=np.float64))
+    model = nnx.eval_shape(lambda: make_model(config, "plain", memory_efficient, dtype=np.float64))
     model.train()
     graphdef, state = nnx.split(model)
 
@@ -84,10 +98,10 @@ def _compiled_temp_bytes(config, memory_efficient: bool) -> int:
 
 
 def test_memory_efficient_saves_memory_once_compiled():
-    """The recomputation survives XLA and frees the layers' intermediates: a third less temp
-    memory with two 6-layer blocks (measured 0.68x). nnx.remat / jax.checkpoint fail this on
-    CPU (0.99x): XLA's CPU compiler drops their optimization barriers, so nothing orders the
-    recomputation after the forward pass or keeps CSE from merging it back."""
+    """The recomputation survives XLA and frees the layers' intermediates (two 6-layer blocks).
+    nnx.remat / jax.checkpoint fail this on CPU: XLA's CPU compiler drops their optimization
+    barriers, so nothing orders the recomputation after the forward pass or keeps CSE from
+    merging it back."""
     config = get_preset("tiny").replace(block_config=(6, 6), growth_rate=8)
     plain, efficient = _compiled_temp_bytes(config, False), _compiled_temp_bytes(config, True)
     assert efficient < 0.8 * plain, (plain, efficient)
@@ -99,7 +113,9 @@ def test_train_step_updates_running_statistics_exactly_once(parity_case, memory_
     statistics; the same check fails for a second update (a recomputation that updated them
     again), which moves them (1 - m)^2 instead of (1 - m) of the way."""
     case = parity_case("tiny")
-    model = nnx.eval_shape(lambda: DenseNet(case.config, memory_efficient, dtype=np.float64))
+    model = nnx.eval_shape(
+        lambda: make_model(case.config, "plain", memory_efficient, dtype=np.float64)
+    )
     from_canonical(model, case.params)
     x, y = jax.numpy.asarray(case.step_x[0].transpose(0, 2, 3, 1)), case.step_y[0]
 

@@ -1,6 +1,7 @@
-"""densenet_jax.worker: devices, the settings it applies, the real worker entry point, the
-self-check mutation."""
+"""densenet_jax.adapter: devices, the settings it applies, the variants it builds, the real worker
+entry point, the self-check mutation."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,15 +13,23 @@ jax = pytest.importorskip("jax")
 
 import numpy as np  # noqa: E402
 
+from densenet_jax.adapter import Adapter, environment  # noqa: E402
+from densenet_jax.precision import precision_settings  # noqa: E402
 from densenet_spec import reference  # noqa: E402
 from densenet_spec.case import make_case, read_results, result_keys, write_case  # noqa: E402
 from densenet_spec.compare import assert_close  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_spec.errors import DeviceUnavailableError  # noqa: E402
+from densenet_spec.frameworks import VARIANTS  # noqa: E402
 from densenet_spec.testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
-from densenet_jax.worker import _precision_settings, environment, run_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_case(case):
+    from densenet_spec.driver import run_case
+
+    return run_case(case, Adapter(case))
 
 
 def _has(platform):
@@ -52,18 +61,18 @@ def test_missing_accelerator_raises_named_error(device):
 def test_accelerator_precision_settings_ask_for_highest(device):
     """What a gpu / tpu run would set, checked without one: JAX's default lets float32 convs and
     matmuls use TF32 (GPU) or bfloat16 passes (TPU)."""
-    settings = _precision_settings(device, "float32")
+    settings = precision_settings(device, "float32")
     assert settings == {"jax_default_matmul_precision": "highest"}
-    assert _precision_settings(device, "float64") == {**settings, "jax_enable_x64": True}
+    assert precision_settings(device, "float64") == {**settings, "jax_enable_x64": True}
     with pytest.raises(ValueError, match="float16"):
-        _precision_settings(device, "float16")
+        precision_settings(device, "float16")
 
 
 def test_cpu_precision_settings_leave_matmul_precision_alone():
-    assert _precision_settings("cpu", "float64") == {"jax_enable_x64": True}
-    assert _precision_settings("cpu", "float32") == {}  # x64 is never turned off
+    assert precision_settings("cpu", "float64") == {"jax_enable_x64": True}
+    assert precision_settings("cpu", "float32") == {}  # x64 is never turned off
     with pytest.raises(DeviceUnavailableError, match="jax: unknown device 'npu'"):
-        _precision_settings("npu", "float32")
+        precision_settings("npu", "float32")
 
 
 def test_gpu_environment_applies_exactly_the_gpu_settings(monkeypatch):
@@ -79,20 +88,33 @@ def test_gpu_environment_applies_exactly_the_gpu_settings(monkeypatch):
     finally:
         for name, value in before.items():
             jax.config.update(name, value)
-    assert info["precision"] == _precision_settings("gpu", "float32")
+    assert info["precision"] == precision_settings("gpu", "float32")
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_cpu_precision_settings_are_what_a_cpu_run_records(dtype):
     case = make_case(get_preset("tiny"), batch=2, image_size=16, dtype=dtype, quantities=("eval",))
     results, info = run_case(case)
-    assert info["precision"] == _precision_settings("cpu", dtype)
+    assert info["precision"] == precision_settings("cpu", dtype)
     assert "jax_default_matmul_precision" not in info["precision"]
     assert results["eval/logits"].dtype == np.dtype(dtype)
 
 
-def test_same_padding_mutation_changes_only_the_stem_padding():
-    check_same_padding_mutation(run_case)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_same_padding_mutation_changes_only_the_stem_padding(variant):
+    check_same_padding_mutation(lambda case: run_case(dataclasses.replace(case, variant=variant)))
+
+
+def test_info_names_the_fast_paths():
+    """The fast variant records the xla_cpu.py kernels it uses on this device; plain none."""
+    case = make_case(get_preset("tiny"), batch=2, image_size=16, quantities=("eval",))
+    assert Adapter(case).info["fast_paths"] == []
+    fast = Adapter(dataclasses.replace(case, variant="fast")).info["fast_paths"]
+    assert fast == [
+        "densenet_jax.xla_cpu.batch_norm",
+        "densenet_jax.xla_cpu.Conv",
+        "densenet_jax.xla_cpu.max_pool",
+    ]
 
 
 def test_unknown_or_inapplicable_mutation_raises():
@@ -101,19 +123,25 @@ def test_unknown_or_inapplicable_mutation_raises():
 
 def _worker(case_dir, out):
     return subprocess.run(
-        [sys.executable, "-m", "densenet_spec.worker", "jax", str(case_dir), str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "densenet_spec.worker", "densenet_jax", str(case_dir), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
 
 def test_worker_entry_point_matches_oracle(tmp_path):
-    case = make_case(get_preset("tiny"), batch=2, image_size=16, steps=2, memory_efficient=True)
+    case = make_case(
+        get_preset("tiny"), batch=2, image_size=16, steps=2, memory_efficient=True, variant="fast"
+    )
     write_case(case, tmp_path / "case")
     proc = _worker(tmp_path / "case", tmp_path / "r.safetensors")
     assert proc.returncode == 0, proc.stderr
     results, info = read_results(tmp_path / "r.safetensors")
-    assert info["framework"] == "jax" and info["memory_efficient"] is True
+    assert info["package"] == "densenet_jax" and info["memory_efficient"] is True
+    assert info["variant"] == "fast" and len(info["fast_paths"]) == 3
     assert info["x64"] is True
     assert sorted(results) == sorted(result_keys(case))  # safetensors stores keys sorted
     assert results["eval/stem"].shape == (2, 7, 4, 4)  # NCHW out, whatever the model's layout
@@ -129,3 +157,30 @@ def test_worker_entry_point_gpu_exits_2_with_named_error(tmp_path):
     assert proc.returncode == 2
     assert "DeviceUnavailableError: jax: no gpu device" in proc.stderr
     assert not (tmp_path / "r.safetensors").exists()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_linear_pieces_match_oracle(variant):
+    """With the "pieces" option the adapter reports every BatchNorm's output of its gradient
+    passes (the ReLU's input, recorded by nnx.capture in the same jit), as the oracle does."""
+    case = make_case(
+        get_preset("tiny"), batch=2, image_size=16, variant=variant,
+        options={"pieces": True}, quantities=("grad",),
+    )  # fmt: skip
+    ours, oracle = run_case(case)[0], reference.run_case(case)[0]
+    pieces = [k for k in oracle if "_piece/" in k]
+    assert pieces and {k for k in ours if "_piece/" in k} == set(pieces)
+    assert min(float(ours[k].min()) for k in pieces) < 0  # not the ReLU's output
+    assert_close(ours, oracle, "float64")
+
+
+def test_memory_efficient_pieces_are_unavailable_with_a_reason():
+    """The recomputed layers run inside a jax.custom_vjp, whose BatchNorm outputs nnx.capture
+    cannot see: the adapter says so, and the driver returns no piece keys."""
+    case = make_case(
+        get_preset("tiny"), batch=2, image_size=16, memory_efficient=True,
+        options={"pieces": True}, quantities=("grad",),
+    )  # fmt: skip
+    results, info = run_case(case)
+    assert "custom_vjp" in info["pieces"]
+    assert not [k for k in results if "_piece/" in k]
