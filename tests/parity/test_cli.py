@@ -68,10 +68,14 @@ def test_bad_arguments_give_named_errors_not_tracebacks():
 
 
 def test_missing_device_fails_that_framework_by_name(tmp_path, require_envs):
+    """--device gpu with the CPU-only torch build (named with --python: --device gpu would
+    otherwise look for the CUDA environment, torch-gpu): that worker fails by name."""
     require_envs("torch")
     out = tmp_path / "gpu.json"
+    cpu_torch = f"torch={envs.env_python('torch')}"
     proc = parity(
-        "--preset", "tiny", "--frameworks", "torch", "--device", "gpu", "--json", str(out)
+        "--preset", "tiny", "--frameworks", "torch", "--device", "gpu", "--json", str(out),
+        "--python", cpu_torch,
     )
     assert proc.returncode == 1
     report = json.loads(out.read_text())
