@@ -1,4 +1,4 @@
-"""Framework-free core of densenet-parity: config, canonical parameters, weight file, oracle, harness.
+"""Framework-free core of densenet-parity: config, canonical names, weight file, oracle, harness.
 
 Importing the package loads only the standard library; numpy-backed modules are imported explicitly
 (densenet_spec.params, .weightfile, .reference, ...), so the environment bootstrap can run first.

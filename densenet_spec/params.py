@@ -20,7 +20,9 @@ BN_LEAVES = ("weight", "bias", "running_mean", "running_var")
 class ParamSpec:
     name: str
     shape: tuple[int, ...]
-    kind: str  # conv_weight, conv_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var, fc_weight, fc_bias
+    # conv_weight, conv_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var, fc_weight,
+    # fc_bias
+    kind: str
     trainable: bool
 
 
@@ -60,7 +62,9 @@ def param_specs(config: DenseNetConfig) -> list[ParamSpec]:
         if i < len(c.block_config) - 1:
             ch = block_in[i] + num_layers * c.growth_rate
             out = c.transition_out_channels(ch)
-            specs += _bn(f"transitions.{i}.norm", ch) + _conv(f"transitions.{i}.conv", out, ch, 1, bias)
+            specs += _bn(f"transitions.{i}.norm", ch) + _conv(
+                f"transitions.{i}.conv", out, ch, 1, bias
+            )
     specs += _bn("head.norm", c.num_features)
     specs += [
         ParamSpec("head.fc.weight", (c.num_classes, c.num_features), "fc_weight", True),

@@ -26,8 +26,14 @@ def check_same_padding_mutation(run_case, options: dict | None = None) -> None:
     same shapes, other numbers and untouched weights; on 33x33 'same' pads (3, 3) / (1, 1), exactly
     the spec, so nothing changes."""
     for size, changed in ((32, True), (33, False)):
-        case = make_case(get_preset("tiny"), batch=2, image_size=size, steps=0,
-                         quantities=("eval", "step"), options=dict(options or {}))
+        case = make_case(
+            get_preset("tiny"),
+            batch=2,
+            image_size=size,
+            steps=0,
+            quantities=("eval", "step"),
+            options=dict(options or {}),
+        )
         plain, _ = run_case(case)
         mutated, _ = run_case(
             dataclasses.replace(case, options={**case.options, "mutate": "same_padding"})
@@ -40,7 +46,7 @@ def check_same_padding_mutation(run_case, options: dict | None = None) -> None:
 
 
 def check_mutation_errors(run_case) -> None:
-    """Unknown mutations, and same_padding on a CIFAR stem (which has nothing to pad), are refused."""
+    """Unknown mutations, and same_padding on a CIFAR stem (nothing to pad), are refused."""
     import pytest
 
     case = make_case(get_preset("tiny"), batch=2, image_size=16, quantities=("eval",))

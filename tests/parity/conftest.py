@@ -1,4 +1,4 @@
-"""Cross-framework tests run in the spec environment and start each framework's worker in its own."""
+"""Cross-framework tests run in the spec environment; each framework's worker runs in its own."""
 
 import pytest
 

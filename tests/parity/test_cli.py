@@ -74,8 +74,16 @@ def test_missing_device_fails_that_framework_by_name(tmp_path, require_envs):
     out = tmp_path / "gpu.json"
     cpu_torch = f"torch={envs.env_python('torch')}"
     proc = parity(
-        "--preset", "tiny", "--frameworks", "torch", "--device", "gpu", "--json", str(out),
-        "--python", cpu_torch,
+        "--preset",
+        "tiny",
+        "--frameworks",
+        "torch",
+        "--device",
+        "gpu",
+        "--json",
+        str(out),
+        "--python",
+        cpu_torch,
     )
     assert proc.returncode == 1
     report = json.loads(out.read_text())

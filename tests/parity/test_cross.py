@@ -23,7 +23,9 @@ def test_all_frameworks_agree_on_tiny(require_envs, dtype):
     assert not failed, failed
     pairs = {(p.a, p.b) for p in report.pairs}
     assert len(pairs) == 4 + 6  # each framework vs the oracle, and every pair of frameworks
-    bad = [(p.a, p.b, c.key, c.error, c.bound) for p in report.pairs for c in p.comparisons if not c.ok]
+    bad = [
+        (p.a, p.b, c.key, c.error, c.bound) for p in report.pairs for c in p.comparisons if not c.ok
+    ]
     assert not bad, bad[:10]
     for p in report.pairs:
         assert len(p.comparisons) == len(report.pairs[0].comparisons)
@@ -46,7 +48,7 @@ def test_weights_survive_a_round_trip_through_every_framework(require_envs):
         report = run_parity(hop, [fw], setup=False, log=quiet)
         run = report.runs[fw]
         assert run.ok, run.error
-        params = {k[len("step/"):]: v for k, v in run.results.items() if k.startswith("step/")}
+        params = {k[len("step/") :]: v for k, v in run.results.items() if k.startswith("step/")}
         logits.setdefault(fw, []).append(run.results["eval/logits"])
     assert set(params) == set(original)
     for k in original:

@@ -242,8 +242,20 @@ def test_one_epoch_in_a_resumed_in_b_equals_two_epochs_in_a(tmp_path, two_epochs
 def test_a_new_run_with_a_schedule_starts(tmp_path, schedule):
     """Regression: the schedule's horizon (epochs x steps per epoch) is set before it is checked."""
     out = tmp_path / "run"
-    proc = train("--frameworks", "numpy", *SMALL, "--steps", "2", "--schedule", schedule,
-                 "--reference-steps", "0", "--no-plot", "--out", str(out))
+    proc = train(
+        "--frameworks",
+        "numpy",
+        *SMALL,
+        "--steps",
+        "2",
+        "--schedule",
+        schedule,
+        "--reference-steps",
+        "0",
+        "--no-plot",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lrs = [json.loads(line).get("lr") for line in (out / "metrics.jsonl").read_text().splitlines()]
     lrs = [lr for lr in lrs if lr is not None]

@@ -23,7 +23,8 @@ def test_published_parameter_counts(name):
 
 
 def test_bc100_and_tiny_counts_from_independent_arithmetic():
-    # DenseNet-BC-100 (k=12): stem 3x3 conv 3->24; per layer BN(c) + 1x1 c->48 + BN(48) + 3x3 48->12.
+    # DenseNet-BC-100 (k=12): stem 3x3 conv 3->24;
+    # per layer BN(c) + 1x1 c->48 + BN(48) + 3x3 48->12.
     k, total, c = 12, 24 * 3 * 9, 24
     for block in range(3):
         for _ in range(16):

@@ -3,11 +3,11 @@
 import fnmatch
 import subprocess
 import sys
-import tomllib
 from importlib.metadata import distribution
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import densenet_envs as envs
 
