@@ -4,7 +4,9 @@ An export is where silent differences hide: a converter may write asymmetric 'sa
 (TF's (2, 3) for the 7x7/2 stem on even sizes, where the spec pads (3, 3)) or fold a BatchNorm
 into the convolution before it (the stem's conv -> BN), dropping its epsilon. check_graph reads
 the exported graph back and names each such difference; the logits are compared with the oracle
-by the caller (tests/torch/convert/test_onnx_export.py; the harness's onnx target later).
+by the caller (tests/torch/convert/test_onnx_export.py; the harness's onnx target).
+export_mx_onnx exports our MXNet model with MXNet's own exporter (tests/mx/convert); the TF and
+JAX exporters tried, and why they are not here, are in docs/onnx_export.md.
 
     path = export_onnx(model, config, "densenet.onnx", image_size=64)
     check_graph("densenet.onnx", config)          # raises OnnxGraphError on a difference
@@ -174,3 +176,78 @@ def run_onnxruntime(path, x: np.ndarray) -> np.ndarray:
     """Logits of the exported model on `x` (NCHW), on onnxruntime's CPU provider, one thread."""
     (logits,) = session(path).run(["logits"], {"images": np.ascontiguousarray(x)})
     return logits
+
+
+# MXNet 1.9.1's exporter (mx.onnx.export_model) imports onnx.mapping, removed in onnx 1.19:
+# onnx 1.17.0 is the tested version (numpy 1.23, Python 3.11). Its translations are written for
+# opsets 12 and 13; the model is stamped with the installed onnx's newest opset (22 for 1.17).
+MX_INPUT = "data"  # the input name of a Gluon HybridBlock's exported symbol
+
+
+def export_mx_onnx(model, config: DenseNetConfig, path, *, image_size: int, batch: int = 1) -> Path:
+    """mx.onnx.export_model of our MXNet Gluon DenseNet (eval mode, float32), atomically.
+
+    The NaN-propagating stem max-pool (densenet_mx.max_pool.NaNMaxPool2D) has no ONNX
+    translation (MXNet's `_not_equal`), so the export is of a twin DenseNet with Gluon's own
+    nn.MaxPool2D and the same weights (finite inputs: the same numbers; onnxruntime's MaxPool
+    skips NaN as MXNet's does). The graph's input is renamed "images" and its output "logits"
+    (run_onnxruntime's names), and the weights are taken out of the graph inputs (onnxruntime
+    warns otherwise and cannot fold them as constants). Shapes are fixed at export."""
+    import tempfile
+    import warnings
+
+    import mxnet as mx
+    import mxnet.onnx as mx_onnx
+    import onnx
+    from mxnet.gluon import nn
+
+    from densenet_mx import weights as mx_weights
+    from densenet_mx.model import DenseNet
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    twin = DenseNet(config, running_stats=None, max_pool_layer=nn.MaxPool2D)
+    twin.initialize(ctx=mx.cpu())
+    tensors = {k: v.astype(np.float32) for k, v in mx_weights.to_canonical(model).items()}
+    mx_weights.from_canonical(twin, tensors)
+    twin.hybridize()
+    shape = (batch, config.in_channels, image_size, image_size)
+    twin(mx.nd.zeros(shape, dtype="float32"))  # traces the graph that export() writes
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with tempfile.TemporaryDirectory() as work, warnings.catch_warnings():
+            # MXNet's translations call onnx.mapping, deprecated since onnx 1.13, per tensor
+            warnings.simplefilter("ignore", DeprecationWarning)
+            twin.export(os.path.join(work, "densenet"), epoch=0)
+            mx_onnx.export_model(
+                os.path.join(work, "densenet-symbol.json"),
+                os.path.join(work, "densenet-0000.params"),
+                in_shapes=[shape],
+                in_types=[np.float32],
+                onnx_file_path=str(tmp),
+            )
+        graph_model = onnx.load(str(tmp))
+        _rename_mx_graph(graph_model.graph)
+        onnx.checker.check_model(graph_model)
+        onnx.save(graph_model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _rename_mx_graph(graph) -> None:
+    """MXNet's names to ours: input "data" -> "images", the one output -> "logits"; the weights
+    (initializers, which MXNet's exporter also lists as inputs) leave the graph inputs."""
+    (output,) = graph.output
+    names = {MX_INPUT: "images", output.name: "logits"}
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    for value in (*graph.input, *graph.output):
+        value.name = names.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
