@@ -16,7 +16,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from densenet_jax import train, xla_cpu
+from densenet_jax import api, sgd, train, xla_cpu
+from densenet_jax.inputs import check_batch
 from densenet_jax.model import DenseNet
 from densenet_jax.precision import precision_settings
 from densenet_jax.variants import make_model
@@ -27,9 +28,16 @@ from densenet_spec.driver import Gradients
 from densenet_spec.errors import DeviceUnavailableError
 
 
-def environment(device: str, dtype: str) -> dict:
-    """Apply the device and precision settings the case asks for; return what was applied."""
-    settings = precision_settings(device, dtype)  # also rejects unknown dtypes and devices
+def environment(device: str, dtype: str, *, tf32: str = "off") -> dict:
+    """Apply the device and precision settings the case asks for; return what was applied.
+
+    tf32: "off" (parity) or "default" (JAX's default matmul precision left as it is; on a GPU
+    the "precision" record reads it back all the same). On CPU TF32 does nothing: "tf32" in
+    the record says what was asked."""
+    settings = precision_settings(device, dtype, tf32)  # also rejects unknown values
+    recorded = [*settings]
+    if device == "gpu" and "jax_default_matmul_precision" not in settings:
+        recorded.append("jax_default_matmul_precision")
     try:
         devices = jax.devices(device)
     except RuntimeError:  # "Unknown backend gpu" / "Backend 'gpu' failed to initialize"
@@ -44,7 +52,8 @@ def environment(device: str, dtype: str) -> dict:
         "device": str(devices[0]),
         "dtype": dtype,
         "x64": bool(jax.config.jax_enable_x64),
-        "precision": {name: getattr(jax.config, name) for name in settings},  # read back
+        "precision": {name: getattr(jax.config, name) for name in recorded},  # read back
+        "tf32": tf32,
         "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
     }
 
@@ -58,7 +67,7 @@ class Adapter:
 
     def __init__(self, case: Case):
         self.case = case
-        self.info = environment(case.device, case.dtype)
+        self.info = environment(case.device, case.dtype, tf32=case.options.get("tf32", "off"))
         # Every BatchNorm's output for float32 piece parity (densenet_spec.driver)
         self.pieces = wants_pieces(case) and not case.memory_efficient
         if case.memory_efficient:  # read by the driver
@@ -110,6 +119,7 @@ class Adapter:
     def gradients(self, model: DenseNet, x: jax.Array, y: jax.Array, training: bool) -> Gradients:
         """Loss and gradients; the stage outputs of the same forward pass (one compilation), and
         with the case's "pieces" option every BatchNorm's output of that pass."""
+        check_batch(model, x, y, training)  # named errors before any state changes
         _set_mode(model, training)
         if self.pieces:  # every BatchNorm sows its output (batchnorm.py)
             model.set_attributes(record_output=True, raise_if_not_found=False)
@@ -128,6 +138,20 @@ class Adapter:
 
     def train_step(self, model: DenseNet, optimizer: nnx.Optimizer, x, y) -> jax.Array:
         return train.train_step(model, optimizer, x, y)
+
+    def predict(self, model: DenseNet, x: jax.Array) -> jax.Array:
+        return api.predict(model, x)
+
+    def optimizer_state(self, model: DenseNet, optimizer: nnx.Optimizer) -> dict[str, np.ndarray]:
+        return sgd.spec_buffers(model, optimizer)
+
+    def load_optimizer_state(
+        self, model: DenseNet, optimizer: nnx.Optimizer, buffers: dict
+    ) -> None:
+        sgd.load_spec_buffers(model, optimizer, buffers)
+
+    def set_lr(self, optimizer: nnx.Optimizer, lr: float) -> None:
+        sgd.set_lr(optimizer, lr)
 
     def to_numpy(self, t: jax.Array) -> np.ndarray:
         a = np.asarray(t)

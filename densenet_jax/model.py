@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from densenet_jax.inputs import check_input
 from densenet_jax.layers import DenseBlock, Layer, batch_norm, transition_block
-from densenet_spec.config import DenseNetConfig, check_input_shape
+from densenet_spec.config import DenseNetConfig, check_float_dtype
 
 
 class DenseNet(nnx.Module):
@@ -30,6 +31,7 @@ class DenseNet(nnx.Module):
         dense_block: Layer = DenseBlock,
         max_pool: Callable = nnx.max_pool,
     ):
+        check_float_dtype(dtype, "model")  # DTypeError before any weight is drawn
         if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
             raise ValueError('float64 needs jax.config.update("jax_enable_x64", True) first')
         self.config = c = config
@@ -62,7 +64,7 @@ class DenseNet(nnx.Module):
         self.use_running_average = False  # set by .train() / .eval(), as on every BatchNorm
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        check_input_shape(self.config, x.shape, "NHWC", training=not self.use_running_average)
+        check_input(self, x)  # named errors for a wrong type, dtype or shape
         x = self.stem(x)
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -72,7 +74,7 @@ class DenseNet(nnx.Module):
 
     def stage_outputs(self, x: jax.Array) -> dict[str, jax.Array]:
         """Every stage's output keyed by densenet_spec.params.stage_names, in forward order."""
-        check_input_shape(self.config, x.shape, "NHWC", training=not self.use_running_average)
+        check_input(self, x)  # named errors for a wrong type, dtype or shape
         stages = {}
         x = stages["stem"] = self.stem(x)
         for i, block in enumerate(self.blocks):

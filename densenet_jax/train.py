@@ -7,6 +7,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from densenet_jax.inputs import check_batch, check_input
 from densenet_jax.weights import to_canonical
 from densenet_spec.case import SGDConfig
 
@@ -20,12 +21,16 @@ def make_optimizer(model: nnx.Module, sgd: SGDConfig) -> nnx.Optimizer:
     """SGD with momentum and coupled L2 decay on every Param, as torch.optim.SGD.
 
     buf = momentum * buf + (grad + weight_decay * param); param -= lr * buf.
+    The rate is a hyperparameter in the optimizer's state (optax.inject_hyperparams), in the
+    model's dtype, so a schedule changes it without recompiling (sgd.set_lr).
     """
     tx = optax.chain(
         # parity: coupled L2 (added to the gradient before momentum), torch.optim.SGD's
         # weight_decay; optax.sgd has none and optax.adamw-style decay would be decoupled.
         optax.add_decayed_weights(sgd.weight_decay),
-        optax.sgd(sgd.lr, momentum=sgd.momentum),
+        optax.inject_hyperparams(optax.sgd, hyperparam_dtype=model.dtype)(
+            learning_rate=sgd.lr, momentum=sgd.momentum
+        ),
     )
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
@@ -47,6 +52,7 @@ def train_step(
     model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array
 ) -> jax.Array:
     """Forward in train mode, backward, one SGD update in place; returns the loss."""
+    check_batch(model, x, y, training=True)  # named errors before any state changes
     model.train()
     return _train_step(model, optimizer, x, y)
 
@@ -58,6 +64,7 @@ def _eval_step(model, x):
 
 def eval_step(model: nnx.Module, x: jax.Array) -> jax.Array:
     """Logits with BatchNorm on its running statistics."""
+    check_input(model, x, training=False)
     model.eval()
     return _eval_step(model, x)
 
@@ -79,6 +86,7 @@ def gradients(
 
     A train-mode call, like any train-mode forward, updates the running statistics.
     """
+    check_batch(model, x, y, training)
     if training:
         model.train()
     else:

@@ -9,7 +9,7 @@ from flax import nnx
 from densenet_jax import xla_cpu
 from densenet_jax.memory_efficient import MemoryEfficientDenseBlock
 from densenet_jax.model import DenseNet
-from densenet_spec.config import DenseNetConfig
+from densenet_spec.config import DenseNetConfig, check_float_dtype
 from densenet_spec.errors import UnknownVariantError
 from densenet_spec.frameworks import VARIANTS
 
@@ -34,6 +34,7 @@ def make_model(
     memory_efficient: MemoryEfficientDenseBlock (dense layers recomputed in backward, reverse-mode
     AD only) in every dense block, in either variant.
     """
+    check_float_dtype(dtype, "model")  # before anything is built
     if variant not in VARIANTS:
         raise UnknownVariantError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     parts = {}

@@ -89,6 +89,40 @@ def test_gpu_environment_applies_exactly_the_gpu_settings(monkeypatch):
         for name, value in before.items():
             jax.config.update(name, value)
     assert info["precision"] == precision_settings("gpu", "float32")
+    assert info["tf32"] == "off"
+
+
+def test_tf32_default_leaves_the_gpu_precision_at_jaxs_default():
+    """--tf32 default: no jax_default_matmul_precision on a GPU (JAX's default, TF32 allowed);
+    a TPU run asks for "highest" whatever tf32 says; other values are refused."""
+    assert precision_settings("gpu", "float32", tf32="default") == {}
+    assert precision_settings("gpu", "float64", tf32="default") == {"jax_enable_x64": True}
+    assert "jax_default_matmul_precision" not in precision_settings("gpu", "float32", "default")
+    for tf32 in ("off", "default"):
+        assert precision_settings("tpu", "float32", tf32) == {
+            "jax_default_matmul_precision": "highest"
+        }
+    assert precision_settings("cpu", "float32", "default") == {}
+    with pytest.raises(ValueError, match="tf32 must be one of off, default"):
+        precision_settings("gpu", "float32", tf32="on")
+
+
+def test_gpu_environment_with_tf32_default_records_the_precision_read_back(monkeypatch):
+    cpu_devices = jax.devices("cpu")
+    monkeypatch.setattr(jax, "devices", lambda backend=None: cpu_devices)
+    names = ("jax_default_matmul_precision", "jax_default_device")
+    before = {n: getattr(jax.config, n) for n in names}
+    try:
+        jax.config.update("jax_default_matmul_precision", None)
+        info = environment("gpu", "float32", tf32="default")
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+    assert info["precision"] == {"jax_default_matmul_precision": None}
+    assert info["tf32"] == "default"
+    case = make_case(get_preset("tiny"), batch=2, image_size=16, quantities=("eval",))
+    case = dataclasses.replace(case, options={**case.options, "tf32": "default"})
+    assert Adapter(case).info["tf32"] == "default"
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
