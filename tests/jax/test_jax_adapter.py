@@ -12,6 +12,7 @@ import pytest
 jax = pytest.importorskip("jax")
 
 import numpy as np  # noqa: E402
+from densenet_testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
 
 from densenet_jax.adapter import Adapter, environment  # noqa: E402
 from densenet_jax.precision import precision_settings  # noqa: E402
@@ -21,7 +22,6 @@ from densenet_spec.compare import assert_close  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_spec.errors import DeviceUnavailableError  # noqa: E402
 from densenet_spec.frameworks import VARIANTS  # noqa: E402
-from densenet_spec.testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

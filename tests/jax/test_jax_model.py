@@ -7,6 +7,7 @@ jax = pytest.importorskip("jax")
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from densenet_testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from densenet_jax import xla_cpu  # noqa: E402
@@ -34,7 +35,6 @@ from densenet_spec.errors import (  # noqa: E402
     WeightKeysError,
 )
 from densenet_spec.params import count_parameters, param_specs  # noqa: E402
-from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 
 # torchvision's densenet121/161/169/201 have exactly these; d2l's chapter 8.7 model 758,226
 

@@ -6,6 +6,7 @@ import pytest
 mx = pytest.importorskip("mxnet")
 
 import numpy as np  # noqa: E402
+from densenet_testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 from mxnet import autograd, nd  # noqa: E402
 
 from densenet_mx import DenseNet, make_model  # noqa: E402
@@ -36,7 +37,6 @@ from densenet_spec.params import (  # noqa: E402
     param_specs,
     stage_names,
 )
-from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 
 VARIANTS = {
     "tiny": get_preset("tiny"),

@@ -9,13 +9,14 @@ import pytest
 mx = pytest.importorskip("mxnet")
 
 
+from densenet_testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
+
 from densenet_mx.adapter import Adapter, environment  # noqa: E402
 from densenet_mx.precision import precision_settings  # noqa: E402
 from densenet_spec import driver  # noqa: E402
 from densenet_spec.case import make_case  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_spec.errors import DeviceUnavailableError  # noqa: E402
-from densenet_spec.testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
 
 
 def run_case(case):

@@ -1,6 +1,7 @@
 """Config, presets and canonical parameter table: the contract every framework builds from."""
 
 import pytest
+from densenet_testing import PUBLISHED_PARAMETER_COUNTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,6 @@ from densenet_spec.config import (
 )
 from densenet_spec.errors import ConfigError, InputShapeError, UnknownPresetError
 from densenet_spec.params import count_parameters, param_specs, stage_names
-from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS
 
 
 @pytest.mark.parametrize("name", PUBLISHED_PARAMETER_COUNTS)

@@ -15,13 +15,13 @@ pytest.importorskip("tensorflow")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from densenet_testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
 
 from densenet_spec.case import make_case, read_results, relu_names, write_case  # noqa: E402
 from densenet_spec.compare import assert_close  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_spec.driver import run_case  # noqa: E402
 from densenet_spec.errors import UnknownVariantError  # noqa: E402
-from densenet_spec.testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
 from densenet_tf.adapter import Adapter, environment  # noqa: E402
 from densenet_tf.layers import DenseBlock  # noqa: E402
 from densenet_tf.memory_efficient import MemoryEfficientDenseBlock  # noqa: E402

@@ -12,6 +12,7 @@ tf = pytest.importorskip("tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from densenet_testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 
 from densenet_spec import reference  # noqa: E402
 from densenet_spec.case import SGDConfig, make_case  # noqa: E402
@@ -25,7 +26,6 @@ from densenet_spec.errors import (  # noqa: E402
     WeightKeysError,
 )
 from densenet_spec.params import count_parameters, init_params, stage_names  # noqa: E402
-from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 from densenet_spec.tolerances import FLOAT64  # noqa: E402
 from densenet_tf.adapter import environment  # noqa: E402
 from densenet_tf.train import eval_step, gradients, make_optimizer, train_step  # noqa: E402

@@ -11,13 +11,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
+from densenet_testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
+
 from densenet_spec import reference  # noqa: E402
 from densenet_spec.case import make_case, read_results, result_keys, write_case  # noqa: E402
 from densenet_spec.compare import assert_close  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_spec.driver import run_case as drive  # noqa: E402
 from densenet_spec.errors import DeviceUnavailableError  # noqa: E402
-from densenet_spec.testing import check_mutation_errors, check_same_padding_mutation  # noqa: E402
 from densenet_torch.adapter import Adapter, environment  # noqa: E402
 from densenet_torch.precision import SETTINGS, TF32_SETTINGS, precision_settings  # noqa: E402
 

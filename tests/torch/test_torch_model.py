@@ -5,11 +5,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import numpy as np  # noqa: E402
+from densenet_testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 
 from densenet_spec.config import PRESETS, get_preset, min_image_size, spatial_sizes  # noqa: E402
 from densenet_spec.errors import InputShapeError  # noqa: E402
 from densenet_spec.params import count_parameters, param_specs, stage_names  # noqa: E402
-from densenet_spec.testing import PUBLISHED_PARAMETER_COUNTS  # noqa: E402
 from densenet_torch import DenseNet  # noqa: E402
 from densenet_torch.batchnorm import BiasedVarBatchNorm2d, spec_batch_norm  # noqa: E402
 from densenet_torch.layers import batch_norm  # noqa: E402

@@ -1,5 +1,5 @@
-"""Checks shared by every framework's tests; imports no framework, so each test suite calls them
-with its own worker's run_case, in its own environment."""
+"""Checks shared by every framework's tests (pytest helpers, kept out of the library). They
+import no framework: each suite calls them with its own run_case, in its own environment."""
 
 from __future__ import annotations
 
