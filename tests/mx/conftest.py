@@ -5,6 +5,13 @@ MXNET_MKLDNN_ENABLED=0: MXNet 1.9.1's oneDNN max-pool backward is wrong after an
 forward (test_mx_traps.py shows it in a fresh process with oneDNN on).
 """
 
+# The shared pytest helpers (tests/support/densenet_testing.py), outside the library. Not tests/
+# itself on the path: its folders jax/, torch/, tf/, mx/ would shadow those packages by name.
+import sys as _sys  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1] / "support"))
+
 import os
 
 os.environ["MXNET_MKLDNN_ENABLED"] = "0"

@@ -6,6 +6,13 @@ each other, measured 5-10x slower than one thread. The environment variables onl
 numpy and torch are not imported yet; set them (or OMP_NUM_THREADS=1) for the whole run to be sure.
 """
 
+# The shared pytest helpers (tests/support/densenet_testing.py), outside the library. Not tests/
+# itself on the path: its folders jax/, torch/, tf/, mx/ would shadow those packages by name.
+import sys as _sys  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1] / "support"))
+
 import importlib.util
 import os
 
