@@ -46,6 +46,19 @@ def _pool_and_grad(pool, x, g, mode):
     return y.numpy(), dx.numpy()
 
 
+@pytest.fixture(autouse=True)
+def _xla_needs_op_determinism_off(request):
+    """XLA has no deterministic max-pool gradient and refuses it while op determinism is on, and
+    TF has no public way to turn it off once an earlier test's parity environment() turned it on
+    for the process: then the xla cases say so and skip (they run when this file runs first)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("mode") == "xla":
+        from densenet_tf.precision import op_determinism_enabled
+
+        if op_determinism_enabled():
+            pytest.skip("op determinism is on in this process: XLA refuses the max-pool gradient")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("mode", ["eager", "tf.function", "xla"])
 def test_nan_max_pool_is_keras_max_pool_bit_for_bit_without_nan(dtype, mode):
