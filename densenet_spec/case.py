@@ -212,12 +212,15 @@ def make_case(
     variant: str = "plain",
     options: dict | None = None,
     params: dict | None = None,
+    batches: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Case:
     """A seeded case: randomised BN (so every BN term matters), normal inputs, uniform labels.
 
     The first optimizer step uses the same batch as the forward/gradient checks. params: given
     canonical weights (densenet-parity --weights) instead of random ones, checked against the
     config (every name and shape) and cast to dtype; the inputs are the same either way.
+    batches: (inputs, labels) of max(steps, 1) real batches (data.training_batches) instead of
+    random ones: the first is the forward/gradient batch, the first `steps` the SGD steps'.
     """
     from densenet_spec.config import check_input_shape
     from densenet_spec.params import init_params
@@ -243,6 +246,12 @@ def make_case(
     step_y = rng.integers(0, config.num_classes, (steps, batch)).astype(np.int64)
     if steps:
         step_x[0], step_y[0] = x, y
+    if batches is not None:
+        bx, by = batches
+        if bx.shape[1:] != shape or len(bx) < max(steps, 1) or by.shape != (len(bx), batch):
+            raise ValueError(f"batches {bx.shape} / {by.shape} do not fit {steps} x {shape}")
+        x, y = np.asarray(bx[0], dtype), np.asarray(by[0], np.int64)
+        step_x, step_y = np.asarray(bx[:steps], dtype), np.asarray(by[:steps], np.int64)
     if params is None:
         params = init_params(config, seed, dtype, randomize_bn=True)
     else:
@@ -265,6 +274,12 @@ def make_case(
         variant=variant,
         options=options or {},
     )
+
+
+def describe_inputs(case: Case) -> str:
+    """Where the case's batches come from, for reports."""
+    data = case.options.get("data")
+    return f"{data} training batches" if data else "random inputs"
 
 
 def as_dtype(case: Case, dtype: str) -> Case:

@@ -74,6 +74,13 @@ def parse_args(argv):
         "--steps", type=int, default=1, help="SGD-momentum steps K (same batches for all)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--data",
+        choices=("digits", "fashion-mnist"),
+        help="real batches instead of random ones: densenet-train's first K batches of this data "
+        "with --seed (1 input channel and the data's classes set in the config)",
+    )
+    p.add_argument("--data-dir", type=Path, help="with --data fashion-mnist: the idx files' folder")
     p.add_argument("--lr", type=float, default=SGDConfig.lr)
     p.add_argument("--momentum", type=float, default=SGDConfig.momentum)
     p.add_argument("--weight-decay", type=float, default=SGDConfig.weight_decay)
@@ -276,6 +283,7 @@ class Prepared(NamedTuple):
     mutations: dict
     size: int
     weights: LoadedWeights | None = None
+    batches: tuple | None = None  # --data: (inputs, labels), data.training_batches
 
 
 def prepare(args, log=lambda *_: None) -> Prepared:
@@ -324,6 +332,7 @@ def prepare(args, log=lambda *_: None) -> Prepared:
             expected_parts(config, kind, quantities)
         except ValueError as e:
             raise UsageError(f"--mutate: {e}") from None
+    config, raw = data_config(args, config, weights)
     size = default_image_size(config) if args.image_size is None else args.image_size
     check_input_shape(config, (args.batch, config.in_channels, size, size), training=True)
     elements = args.batch * config.in_channels * size * size * (args.steps + 1)
@@ -332,8 +341,48 @@ def prepare(args, log=lambda *_: None) -> Prepared:
             f"--batch {args.batch} x {size}x{size} images x {args.steps + 1} batches is "
             f"{elements:.2e} input values, over the {MAX_INPUT_ELEMENTS:.1e} a parity case allows"
         )
+    batches = None
+    if raw is not None:
+        from densenet_spec import data
+
+        batches = data.training_batches(
+            raw,
+            data.preprocess_for(raw, size),
+            batch=args.batch,
+            steps=max(args.steps, 1),
+            seed=args.seed,
+            dtype=args.dtype,
+        )
     check_pythons(args, frameworks)  # last: it probes every named interpreter (seconds each)
-    return Prepared(config, frameworks, quantities, mutations, size, weights)
+    return Prepared(config, frameworks, quantities, mutations, size, weights, batches)
+
+
+def _case_options(args) -> dict:
+    options = {"tf32": args.tf32} if args.tf32 != "off" else {}
+    if getattr(args, "data", None):
+        options["data"] = args.data  # for the report: where the batches come from
+    return options
+
+
+def data_config(args, config, weights):
+    """--data: (the config with the data's channels and classes, the loaded data), else (config,
+    None). Given --weights must already fit the data: a ConfigError names what differs."""
+    data_name, data_dir = getattr(args, "data", None), getattr(args, "data_dir", None)
+    if data_dir is not None and data_name != "fashion-mnist":
+        raise UsageError("--data-dir: only --data fashion-mnist reads files")
+    if data_name is None:
+        return config, None
+    from densenet_spec import data
+    from densenet_spec.errors import ConfigError
+
+    raw = data.load(data_name, data_dir)
+    fitted = config.replace(in_channels=1, num_classes=raw.classes)
+    if weights is not None and fitted != config:
+        raise ConfigError(
+            f"--weights has {config.in_channels} input channels and {config.num_classes} classes; "
+            f"--data {data_name} has 1 and {raw.classes}"
+        )
+    return fitted, raw
 
 
 def check_pythons(args, frameworks) -> dict:
@@ -379,7 +428,7 @@ def main(argv=None) -> int:
 
     console = report.console()
     try:
-        config, frameworks, quantities, mutations, size, weights = prepare(
+        config, frameworks, quantities, mutations, size, weights, batches = prepare(
             args, log=report.logger(console)
         )
         if args.json:
@@ -401,7 +450,8 @@ def main(argv=None) -> int:
             memory_efficient=args.memory_efficient,
             variant=args.variant,
             params=weights.params if weights else None,
-            options={"tf32": args.tf32} if args.tf32 != "off" else None,
+            batches=batches,
+            options=_case_options(args),
         )
         if getattr(args, "replicas", 1) > 1:
             case = _replica_case(args, case)

@@ -247,6 +247,21 @@ def epoch_order(n_train: int, batch: int, seed: int, epoch: int) -> np.ndarray:
     return perm[: spe * batch].reshape(spe, batch).astype(np.int64)
 
 
+def training_batches(
+    raw: RawData, pre: Preprocess, *, batch: int, steps: int, seed: int, dtype: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first `steps` training batches of a densenet-train run with this seed, in its order
+    (epoch after epoch): inputs (steps, batch, 1, size, size) and labels (steps, batch)."""
+    n = len(raw.train_labels)
+    epochs = -(-steps // steps_per_epoch(n, batch))
+    idx = np.zeros((0, batch), np.int64)
+    idx = np.concatenate([idx] + [epoch_order(n, batch, seed, e) for e in range(epochs)])[:steps]
+    x = np.empty((steps, batch, 1, pre.image_size, pre.image_size), dtype=dtype)
+    for k, i in enumerate(idx):
+        x[k] = pre(raw.train_images[i], dtype)
+    return x, raw.train_labels[idx].astype(np.int64)
+
+
 def data_metadata(raw: RawData, pre: Preprocess) -> dict:
     return {
         "format": DATA_FORMAT,

@@ -30,6 +30,7 @@ from densenet_spec.case import (
     Case,
     as_dtype,
     check_results,
+    describe_inputs,
     make_case,
     read_results,
     result_keys,
@@ -168,6 +169,7 @@ class ParityReport:
                 "batch": int(c.x.shape[0]),
                 "image_size": list(c.x.shape[2:]),
                 "steps": c.steps,
+                "inputs": describe_inputs(c),  # --data: real batches
                 "sgd": vars(c.sgd),
                 "quantities": list(c.quantities),
                 "tf32": c.options.get("tf32", "off"),  # densenet-parity --tf32

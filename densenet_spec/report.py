@@ -7,6 +7,7 @@ import shutil
 from rich.console import Console
 from rich.table import Table
 
+from densenet_spec.case import describe_inputs
 from densenet_spec.harness import ParityReport, describe_where, family_table, piece_rows
 
 FAMILIES = ("eval", "train", "loss", "eval_grad", "train_grad", "step")
@@ -35,7 +36,7 @@ def print_report(report: ParityReport, con: Console) -> None:
     con.print(
         f"\n[bold]DenseNet parity[/]: {c.config.to_json()}\n"
         f"dtype {c.dtype}, device {c.device}, batch {c.x.shape[0]}, "
-        f"image {c.x.shape[2]}x{c.x.shape[3]}, "
+        f"image {c.x.shape[2]}x{c.x.shape[3]}, {describe_inputs(c)}, "
         f"{c.steps} SGD step(s) lr={c.sgd.lr} momentum={c.sgd.momentum} wd={c.sgd.weight_decay}"
     )
     rows = family_table(report)

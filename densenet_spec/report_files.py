@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from densenet_spec.case import describe_inputs
 from densenet_spec.harness import ParityReport, describe_where, family_table, piece_rows
 from densenet_spec.params import stage_names
 
@@ -75,7 +76,7 @@ def markdown(report: ParityReport) -> str:
         "",
         f"config: `{c.config.to_json()}`  ",
         f"dtype {c.dtype}, device {c.device}, batch {c.x.shape[0]}, "
-        f"image {c.x.shape[2]}x{c.x.shape[3]}, {c.steps} SGD step(s) "
+        f"image {c.x.shape[2]}x{c.x.shape[3]}, {describe_inputs(c)}, {c.steps} SGD step(s) "
         f"(lr {c.sgd.lr}, momentum {c.sgd.momentum}, weight decay {c.sgd.weight_decay})",
         "",
         "## Relative max error per quantity (worst tensor)",
@@ -224,7 +225,8 @@ def html_page(report: ParityReport) -> str:
         f"<style>{style}</style></head><body><h1>DenseNet parity report: {verdict}</h1>"
         f"<p>Reproduce: <code>{esc(report.command)}</code></p>"
         f"<p>config <code>{esc(c.config.to_json())}</code><br>dtype {c.dtype}, device {c.device}, "
-        f"batch {c.x.shape[0]}, image {c.x.shape[2]}x{c.x.shape[3]}, {c.steps} SGD step(s)</p>"
+        f"batch {c.x.shape[0]}, image {c.x.shape[2]}x{c.x.shape[3]}, {esc(describe_inputs(c))}, "
+        f"{c.steps} SGD step(s)</p>"
         f"<h2>Relative max error per quantity (worst tensor)</h2>{matrix}"
         + _pieces_html(report)
         + (f"<h2>Where frameworks part</h2><ul>{parts}</ul>" if parts else "")

@@ -119,3 +119,23 @@ def test_tf32_default_reaches_the_torch_workers_recorded_settings(tmp_path):
     assert infos["default"]["interpreter"]["source"].startswith("built: requirements/torch")
     proc = parity("--tf32", "on")
     assert proc.returncode == 2 and "invalid choice: 'on'" in proc.stderr
+
+
+def test_float64_parity_over_20_steps_on_digits_batches(tmp_path, require_envs):
+    """Issue 18: --data digits --steps 20, every framework against the oracle and each other
+    within the float64 bounds after 20 SGD steps on densenet-train's first 20 batches."""
+    frameworks = ["torch", "jax", "tf", "mx"]
+    require_envs(*frameworks)
+    out = tmp_path / "out.json"
+    args = ["--preset", "tiny", "--data", "digits", "--steps", "20", "--image-size", "16"]
+    args += ["--batch", "8", "--dtype", "float64", "--frameworks", ",".join(frameworks)]
+    proc = parity(*args, "--quantities", "step", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "digits training batches, 20 SGD step(s)" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["case"]["steps"] == 20
+    assert report["case"]["inputs"] == "digits training batches"
+    assert report["case"]["config"]["in_channels"] == 1
+    assert len(report["pairs"]) == 4 + 6
+    worst = max(c["error"] for p in report["pairs"] for c in p["comparisons"])
+    assert worst <= 1e-9

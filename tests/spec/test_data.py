@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from densenet_spec import data
+from densenet_spec.case import make_case
+from densenet_spec.config import get_preset
 from densenet_spec.errors import (
     CountMismatchError,
     DataNotFoundError,
@@ -139,3 +141,41 @@ def test_data_file_round_trip(tmp_path):
     raw2, pre2 = data.load_data(tmp_path / "d.safetensors")
     assert pre2 == pre and raw2.name == "digits"
     np.testing.assert_array_equal(raw2.test_images, raw.test_images)
+
+
+def test_training_batches_are_densenet_train_order_across_an_epoch():
+    """densenet-parity --data: batch k is the k-th batch of densenet-train with the same seed
+    (run_job's order[k // spe][k % spe]), across the epoch boundary (1438 // 256 = 5 per epoch)."""
+    raw = data.load_digits()
+    pre = data.preprocess_for(raw, 12)
+    x, y = data.training_batches(raw, pre, batch=256, steps=7, seed=3, dtype="float32")
+    assert x.shape == (7, 256, 1, 12, 12) and x.dtype == np.float32 and y.shape == (7, 256)
+    orders = [data.epoch_order(1438, 256, seed=3, epoch=e) for e in (0, 1)]
+    for k in range(7):
+        idx = orders[k // 5][k % 5]
+        np.testing.assert_array_equal(x[k], pre(raw.train_images[idx], "float32"))
+        np.testing.assert_array_equal(y[k], raw.train_labels[idx])
+    assert not np.array_equal(x[5], x[0])  # epoch 1 is reshuffled, not epoch 0 again
+
+
+def test_parity_data_option_sets_channels_classes_and_batches():
+    from densenet_spec import cli
+    from densenet_spec.errors import ConfigError, DataNotFoundError, UsageError
+
+    args = cli.parse_args(["--preset", "tiny", "--data", "digits", "--steps", "3", "--batch", "4"])
+    prepared = cli.prepare(args)
+    assert (prepared.config.in_channels, prepared.config.num_classes) == (1, 10)
+    bx, by = prepared.batches
+    assert bx.shape == (3, 4, 1, prepared.size, prepared.size) and by.shape == (3, 4)
+    case = make_case(prepared.config, batch=4, image_size=prepared.size, steps=3, batches=(bx, by))
+    np.testing.assert_array_equal(case.x, bx[0])
+    np.testing.assert_array_equal(case.step_x, bx)
+    np.testing.assert_array_equal(case.step_y, by)
+    without = cli.prepare(cli.parse_args(["--preset", "tiny", "--steps", "3", "--batch", "4"]))
+    assert without.batches is None and without.config.in_channels == 3
+    with pytest.raises(UsageError, match="--data-dir"):
+        cli.prepare(cli.parse_args(["--data", "digits", "--data-dir", "/tmp"]))
+    with pytest.raises(DataNotFoundError, match="--data-dir"):
+        cli.prepare(cli.parse_args(["--data", "fashion-mnist"]))
+    with pytest.raises(ConfigError, match="1 and 10"):
+        cli.data_config(args, get_preset("tiny"), weights=object())

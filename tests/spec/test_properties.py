@@ -185,7 +185,7 @@ def test_any_arguments_parse_to_a_checked_run_or_a_named_error(opts):
         assert e.code == 2
         return
     try:
-        config, frameworks, quantities, mutations, size, _ = cli.prepare(args)
+        config, frameworks, quantities, mutations, size, *_ = cli.prepare(args)
     except DenseNetError:
         return
     # Accepted: every value is one a run can use.
