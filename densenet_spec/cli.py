@@ -416,8 +416,6 @@ def _replica_case(args, case):
     """--replicas N > 1: the case as a replica case (replicas.py), or a UsageError."""
     from densenet_spec import replicas
 
-    if args.dtype != "float64":
-        raise UsageError("--replicas compares float64 only so far: give --dtype float64")
     return replicas.replica_case(case, args.replicas, args.bn_sync, args.replica_buffers)
 
 

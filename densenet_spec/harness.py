@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import densenet_envs as envs
-from densenet_spec import pieces, reference
+from densenet_spec import pieces, reference, replicas
 from densenet_spec.case import (
     Case,
     as_dtype,
@@ -213,16 +213,18 @@ def worker_command(
     *,
     pythons: dict | None = None,
     device: str = "cpu",
+    module: str = "densenet_spec.worker",
 ) -> tuple[list, dict]:
     """(command, environment) that runs `framework`'s worker on case_dir, answering in `out`;
     an export target's worker runs in the environment of the framework it is exported from.
 
     pythons: --python FRAMEWORK=PATH overrides (densenet_envs.python_for: an interpreter named
-    there or by DENSENET_PYTHON_<FRAMEWORK>, else the project's environment for `device`)."""
+    there or by DENSENET_PYTHON_<FRAMEWORK>, else the project's environment for `device`).
+    module: densenet_spec.worker, or densenet_spec.distributed for a replica case."""
     runs_in = worker_framework(framework)
     python = envs.python_for(runs_in, pythons, setup=setup, log=log, device=device)
     package = get_target(framework).package
-    cmd = [str(python), "-m", "densenet_spec.worker", package, str(case_dir), str(out)]
+    cmd = [str(python), "-m", module, package, str(case_dir), str(out)]
     return cmd, envs.worker_env(runs_in, parity=True)
 
 
@@ -281,8 +283,9 @@ def read_worker_results(path: Path, case: Case | None = None) -> tuple[dict, dic
     if case is not None:
         if info.get("pieces"):  # the adapter could not report its piece (driver.py): says why
             case = without_pieces(case)
+        check = replicas.check_results if is_replica_case(case) else check_results
         try:
-            check_results(case, results)
+            check(case, results)
         except ValueError as e:
             raise WorkerResultError(f"its results are incomplete: {e}") from None
     not_float = sorted(k for k, v in results.items() if v.dtype.kind != "f")
@@ -303,15 +306,21 @@ def run_worker(
 ) -> FrameworkRun:
     """Run one framework's worker in its own environment (or the interpreter `pythons` names for
     it); never raises for a worker failure (Ctrl-C and Terminated are re-raised after the worker
-    is killed). A run's info records which interpreter ran it ("interpreter")."""
+    is killed). A run's info records which interpreter ran it ("interpreter"). A replica case
+    (replicas.py) runs the framework's data-parallel worker (densenet_spec.distributed), which
+    bounds its own processes by `timeout`."""
     out = case_dir.parent / f"result-{framework}.safetensors"
     device = case.device if case is not None else "cpu"
+    distributed = case is not None and is_replica_case(case)
+    module = "densenet_spec.distributed" if distributed else "densenet_spec.worker"
     try:
         cmd, env = worker_command(
-            framework, case_dir, out, setup, log, pythons=pythons, device=device
+            framework, case_dir, out, setup, log, pythons=pythons, device=device, module=module
         )
     except Exception as e:  # a broken environment is reported, the other frameworks still run
         return FrameworkRun(framework, False, error=str(e))
+    if distributed:
+        cmd, timeout = cmd + [str(timeout)], timeout + 2 * KILL_GRACE_S
     try:
         code, stderr = run_process(cmd, env, timeout)
     except subprocess.TimeoutExpired:
@@ -703,6 +712,10 @@ def environment_summary() -> dict:
 # (densenet_spec.distributed) against the oracle's replica semantics (densenet_spec.replicas).
 
 
+def is_replica_case(case: Case) -> bool:
+    return int(case.options.get("replicas", 1)) > 1
+
+
 def run_replica_parity(
     case: Case,
     frameworks,
@@ -716,11 +729,8 @@ def run_replica_parity(
     pythons: dict | None = None,
 ) -> ParityReport:
     """A replica case (replicas.replica_case) on every framework's data-parallel engine, compared
-    with replicas.oracle in float64 and pairwise; float32 needs derived bounds (not yet)."""
-    from densenet_spec import replicas
-
-    if case.dtype != "float64":
-        raise DenseNetError("--replicas compares float64 only so far (float32 bounds: issue 20)")
+    with replicas.oracle and pairwise: float64 within the ordinary bounds, float32 within bounds
+    derived from the oracle's own float32 replica run (replicas.float32_errors)."""
     replicas.replica_options(case)
     mutations = mutations or {}
     with tempfile.TemporaryDirectory(prefix="densenet-parity-replicas-") as tmp:
@@ -733,53 +743,33 @@ def run_replica_parity(
                 log(f"MUTATING {fw}: {mutations[fw]} (self-check: this run must fail)")
                 fw_dir = write_case(replicas.mutation_case(case), root / f"case-{fw}")
             log(f"running {fw} on {case.options['replicas']} replicas ({case.options['bn_sync']})")
-            runs[fw] = _run_distributed(fw, fw_dir, setup, log, worker_timeout, case, pythons)
+            runs[fw] = run_worker(
+                fw, fw_dir, setup, log, timeout=worker_timeout, case=case, pythons=pythons
+            )
             log(f"{fw}: {'done' if runs[fw].ok else 'FAILED'}")
     log("running the NumPy oracle (replica semantics)")
     start = time.perf_counter()
     truth = replicas.oracle(case)
+    errors32 = replicas.float32_errors(case, truth) if case.dtype == "float32" else None
+    step = float32_step_allowance(case, truth, errors32) if errors32 else None
     seconds = time.perf_counter() - start
     stages, params = stage_names(case.config), trainable_names(case.config)
     ok = [f for f in frameworks if runs[f].ok]
     pairs = [
-        PairReport(fw, ORACLE, compare(runs[fw].results, truth, case.dtype), stages, params)
+        PairReport(
+            fw,
+            ORACLE,
+            compare(runs[fw].results, truth, case.dtype, errors32, allowance=step),
+            stages,
+            params,
+        )
         for fw in ok
     ]
     for a, b in itertools.combinations(ok, 2):
-        comps = compare(runs[a].results, runs[b].results, case.dtype, symmetric=True)
+        ra, rb = runs[a].results, runs[b].results
+        comps = compare(ra, rb, case.dtype, errors32, symmetric=True, allowance=step)
         pairs.append(PairReport(a, b, comps, stages, params))
     return ParityReport(case, runs, pairs, seconds, command, dict(mutations))
-
-
-def _run_distributed(
-    fw: str, case_dir: Path, setup: bool, log, timeout: float, case: Case, pythons=None
-):
-    from densenet_spec.replicas import check_results as check_replica_results
-
-    out = case_dir.parent / f"result-{fw}.safetensors"
-    try:
-        cmd, env = worker_command(
-            fw, case_dir, out, setup, log, pythons=pythons, device=case.device
-        )
-    except Exception as e:
-        return FrameworkRun(fw, False, error=str(e))
-    cmd = cmd[:2] + ["densenet_spec.distributed"] + cmd[3:] + [str(timeout)]
-    try:
-        code, stderr = run_process(cmd, env, timeout + 2 * KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        return FrameworkRun(fw, False, error=f"distributed worker timed out after {timeout:g} s")
-    tail = "\n".join(stderr.strip().splitlines()[-15:])
-    if code != 0:
-        return FrameworkRun(
-            fw, False, error=f"distributed worker {exit_description(code)}:\n{tail}"
-        )
-    try:
-        results, info = read_worker_results(out)
-        check_replica_results(case, results)
-    except (WorkerResultError, ValueError) as e:
-        return FrameworkRun(fw, False, error=f"distributed worker exited 0 but {e}\n{tail}")
-    info["interpreter"] = interpreter_info(fw, pythons, case.device)
-    return FrameworkRun(fw, True, info=info, results=results)
 
 
 __all__ = [

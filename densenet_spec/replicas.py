@@ -110,12 +110,14 @@ def check_results(case: Case, results: dict) -> None:
         raise ValueError(f"replica results: missing {missing[:8]}..., unexpected {extra[:8]}")
 
 
-def oracle(case: Case) -> dict[str, np.ndarray]:
-    """The oracle's answer to a replica case, in float64 (every key of result_keys)."""
+def oracle(case: Case, dtype: str = "float64") -> dict[str, np.ndarray]:
+    """The oracle's answer to a replica case (every key of result_keys), computed in `dtype`:
+    float64 is the truth; float32 on a float32 case is the oracle's own rounding, from which
+    float32 bounds are derived (float32_errors)."""
     replicas, bn_sync, buffers = replica_options(case)
     c, q = case.config, case.quantities
-    params = {k: np.asarray(v, np.float64) for k, v in case.params.items()}
-    x, y = np.asarray(case.x, np.float64), np.asarray(case.y)
+    params = {k: np.asarray(v, dtype) for k, v in case.params.items()}
+    x, y = np.asarray(case.x, dtype), np.asarray(case.y)
     out: dict[str, np.ndarray] = {}
     for mode, training in (("eval", False), ("train", True)):
         if mode in q or (training and "grad" in q):
@@ -129,11 +131,22 @@ def oracle(case: Case) -> dict[str, np.ndarray]:
                 out["train_grad/input"] = grad_x
                 out.update({f"train_grad/{n}": g for n, g in grads.items()})
     if "step" in q:
-        step_x = np.asarray(case.step_x, np.float64)
+        step_x = np.asarray(case.step_x, dtype)
         states = reference.replica_sgd_steps(
             params, c, step_x, case.step_y, case.sgd, replicas, bn_sync, buffers
         )
         out.update({f"step/{s.name}": states[0][s.name] for s in param_specs(c)})
         for r in range(1, replicas):
             out.update({f"step/replica{r}/{n}": states[r][n] for n in running_names(c)})
-    return {k: np.ascontiguousarray(out[k]) for k in result_keys(case)}
+    return {k: np.ascontiguousarray(out[k], dtype) for k in result_keys(case)}
+
+
+def float32_errors(case: Case, truth: dict) -> dict[str, float]:
+    """The oracle's own float32 rounding on this replica case: its float32 run against the
+    float64 truth, per key (tolerances.py derives each float32 bound from it). Replica workers
+    do not report their linear pieces (pieces.py), so a ReLU mask that float32 rounding flips in
+    one implementation shows as a gradient over its bound, named, not hidden by an allowance."""
+    from densenet_spec.case import as_dtype
+    from densenet_spec.compare import rel_errors
+
+    return rel_errors(oracle(as_dtype(case, "float32"), "float32"), truth)

@@ -42,8 +42,36 @@ def test_torch_two_replicas_pass_and_the_other_semantics_fails(tmp_path, require
 def test_replica_usage_errors():
     for args, words in (
         (("--replicas", "3", "--batch", "2"), "equal shards"),
-        (("--replicas", "2", "--dtype", "float32"), "float64"),
+        (("--replicas", "0"), "--replicas must be >= 1"),
         (("--replicas", "2", "--mutate", "torch:bn_eps"), "bn_sync"),
     ):
         proc = parity("--preset", "tiny", "--frameworks", "torch", *args, timeout=120)
         assert proc.returncode == 2 and words in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_torch_two_replicas_float32_bounds_are_derived_and_catch_the_other_semantics(
+    tmp_path, require_envs
+):
+    """float32: every bound from the oracle's own float32 replica run (replicas.float32_errors),
+    recomputed here independently of the harness; the other BN semantics still fails."""
+    from densenet_spec import replicas
+    from densenet_spec.case import make_case
+    from densenet_spec.config import get_preset
+    from densenet_spec.tolerances import FLOAT32_FLOOR, FLOAT32_SAFETY, family
+
+    require_envs("torch")
+    f32 = [a if a != "float64" else "float32" for a in TINY]
+    out = tmp_path / "f32.json"
+    proc = parity(*f32, "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (pair,) = json.loads(out.read_text())["pairs"]
+    base = make_case(get_preset("tiny"), batch=2, image_size=32, steps=2, dtype="float32")
+    case = replicas.replica_case(base, 2, "synchronised")
+    errors = replicas.float32_errors(case, replicas.oracle(case))
+    for c in pair["comparisons"]:
+        if not c["key"].startswith("step/"):  # step keys may add the conv-bias noise rule
+            want = max(FLOAT32_FLOOR[family(c["key"])], FLOAT32_SAFETY * errors[c["key"]])
+            assert c["bound"] == pytest.approx(want, rel=1e-6), c["key"]
+        assert c["error"] <= c["bound"] <= 1e-2, c
+    mutated = parity(*f32, "--mutate", "torch:bn_sync")
+    assert "part at train: stem" in mutated.stdout and "SELF-CHECK OK" in mutated.stdout
