@@ -5,15 +5,17 @@ An export is where silent differences hide: a converter may write asymmetric 'sa
 into the convolution before it (the stem's conv -> BN), dropping its epsilon. check_graph reads
 the exported graph back and names each such difference; the logits are compared with the oracle
 by the caller (tests/torch/convert/test_onnx_export.py; the harness's onnx target).
-export_mx_onnx exports our MXNet model with MXNet's own exporter (tests/mx/convert); the TF and
-JAX exporters tried, and why they are not here, are in docs/onnx_export.md.
+export_mx_onnx exports our MXNet model with MXNet's own exporter (tests/mx/convert; the harness's
+onnx-mx target); the TF and JAX exporters tried, and why they are not here, are in
+docs/onnx_export.md.
 
     path = export_onnx(model, config, "densenet.onnx", image_size=64)
     check_graph("densenet.onnx", config)          # raises OnnxGraphError on a difference
     logits = run_onnxruntime("densenet.onnx", x)  # x: NCHW float32
 
-With stages=True the graph's outputs are every stage of densenet_spec.params.stage_names (the
-harness's onnx target compares each with the oracle), logits last.
+With stages=True (export_onnx, export_mx_onnx) the graph's outputs are every stage of
+densenet_spec.params.stage_names (the harness's onnx and onnx-mx targets compare each with the
+oracle), logits last.
 
 ONNX Runtime (1.32, CPUExecutionProvider) has no float64 kernel for Conv or AveragePool
 (BatchNormalization, Relu, MaxPool, Concat, ReduceMean and Gemm have one), so an exported
@@ -184,15 +186,22 @@ def run_onnxruntime(path, x: np.ndarray) -> np.ndarray:
 MX_INPUT = "data"  # the input name of a Gluon HybridBlock's exported symbol
 
 
-def export_mx_onnx(model, config: DenseNetConfig, path, *, image_size: int, batch: int = 1) -> Path:
+def export_mx_onnx(
+    model, config: DenseNetConfig, path, *, image_size: int, batch: int = 1, stages: bool = False
+) -> Path:
     """mx.onnx.export_model of our MXNet Gluon DenseNet (eval mode, float32), atomically.
+
+    stages: the graph outputs every stage (stage_names(config), logits last), not only logits.
 
     The NaN-propagating stem max-pool (densenet_mx.max_pool.NaNMaxPool2D) has no ONNX
     translation (MXNet's `_not_equal`), so the export is of a twin DenseNet with Gluon's own
     nn.MaxPool2D and the same weights (finite inputs: the same numbers; onnxruntime's MaxPool
-    skips NaN as MXNet's does). The graph's input is renamed "images" and its output "logits"
-    (run_onnxruntime's names), and the weights are taken out of the graph inputs (onnxruntime
-    warns otherwise and cannot fold them as constants). Shapes are fixed at export."""
+    skips NaN as MXNet's does). The graph's input is renamed "images" and its outputs "logits"
+    (run_onnxruntime's names) or the stage names, and the weights are taken out of the graph
+    inputs (onnxruntime warns otherwise and cannot fold them as constants). With stages=True the
+    exported block is a wrapper whose hybrid_forward returns every stage as a tuple, in
+    stage_names order (MXNet exports a tuple as a grouped symbol: ONNX outputs in that order),
+    so the outputs are named positionally. Shapes are fixed at export."""
     import tempfile
     import warnings
 
@@ -210,15 +219,16 @@ def export_mx_onnx(model, config: DenseNetConfig, path, *, image_size: int, batc
     twin.initialize(ctx=mx.cpu())
     tensors = {k: v.astype(np.float32) for k, v in mx_weights.to_canonical(model).items()}
     mx_weights.from_canonical(twin, tensors)
-    twin.hybridize()
+    block = _mx_stage_outputs(twin) if stages else twin
+    block.hybridize()
     shape = (batch, config.in_channels, image_size, image_size)
-    twin(mx.nd.zeros(shape, dtype="float32"))  # traces the graph that export() writes
+    block(mx.nd.zeros(shape, dtype="float32"))  # traces the graph that export() writes
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         with tempfile.TemporaryDirectory() as work, warnings.catch_warnings():
             # MXNet's translations call onnx.mapping, deprecated since onnx 1.13, per tensor
             warnings.simplefilter("ignore", DeprecationWarning)
-            twin.export(os.path.join(work, "densenet"), epoch=0)
+            block.export(os.path.join(work, "densenet"), epoch=0)
             mx_onnx.export_model(
                 os.path.join(work, "densenet-symbol.json"),
                 os.path.join(work, "densenet-0000.params"),
@@ -227,7 +237,7 @@ def export_mx_onnx(model, config: DenseNetConfig, path, *, image_size: int, batc
                 onnx_file_path=str(tmp),
             )
         graph_model = onnx.load(str(tmp))
-        _rename_mx_graph(graph_model.graph)
+        _rename_mx_graph(graph_model.graph, output_names(config, stages))
         onnx.checker.check_model(graph_model)
         onnx.save(graph_model, str(tmp))
         os.replace(tmp, path)
@@ -237,16 +247,53 @@ def export_mx_onnx(model, config: DenseNetConfig, path, *, image_size: int, batc
     return path
 
 
-def _rename_mx_graph(graph) -> None:
-    """MXNet's names to ours: input "data" -> "images", the one output -> "logits"; the weights
-    (initializers, which MXNet's exporter also lists as inputs) leave the graph inputs."""
-    (output,) = graph.output
-    names = {MX_INPUT: "images", output.name: "logits"}
+def _mx_stage_outputs(model):
+    """A HybridBlock around our MXNet DenseNet whose hybrid_forward returns every stage, in
+    stage_names order, as a tuple: model.stage_outputs's computation, written with F so that it
+    traces into one graph (stage_outputs itself runs stage by stage and returns a dict)."""
+    from mxnet.gluon import nn
+
+    class StageOutputs(nn.HybridBlock):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def hybrid_forward(self, F, x):
+            m = self.model
+            x = m.stem(x)
+            out = [x]
+            for i, block in enumerate(m.blocks):
+                features = {}
+                # DenseBlock's own layer loop, traced (its forward with a dict runs in nd)
+                x = block.hybrid_forward(F, x, features)
+                out += [features[f"layers.{j}"] for j in range(len(block.layers))]
+                out.append(x)
+                if i < len(m.transitions):
+                    x = m.transitions[i](x)
+                    out.append(x)
+            head = m.head
+            x = head.flatten(head.pool(head.relu(head.norm(x))))
+            return (*out, x, head.fc(x))
+
+    return StageOutputs(model)
+
+
+def _rename_mx_graph(graph, outputs=("logits",)) -> None:
+    """MXNet's names to ours: input "data" -> "images", the outputs -> `outputs` by position;
+    the weights (initializers, which MXNet's exporter also lists as inputs) leave the graph
+    inputs."""
+    mx_outputs = [o.name for o in graph.output]
+    if len(mx_outputs) != len(outputs) or len(set(mx_outputs)) != len(mx_outputs):
+        raise ConvertError(
+            f"MXNet's export has outputs {mx_outputs}; expected {len(outputs)} distinct ones "
+            f"({', '.join(outputs)})"
+        )
+    names = {MX_INPUT: "images", **dict(zip(mx_outputs, outputs))}
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     del graph.input[:]
     graph.input.extend(inputs)
-    for value in (*graph.input, *graph.output):
+    for value in (*graph.input, *graph.output, *graph.value_info):
         value.name = names.get(value.name, value.name)
     for node in graph.node:
         node.input[:] = [names.get(n, n) for n in node.input]

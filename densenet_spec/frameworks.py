@@ -128,6 +128,18 @@ EXPORT_TARGETS: dict[str, ExportTarget] = {
             why="an exported graph is an inference model (eval mode, no gradients or optimizer), "
             "and onnxruntime's CPU provider has no float64 Conv or AveragePool kernel",
         ),
+        ExportTarget(
+            name="onnx-mx",
+            title="ONNX Runtime (mx.onnx export of densenet_mx)",
+            runs_in="mx",
+            package="densenet_convert.onnx_mx_target",
+            quantities=("eval",),
+            dtypes=("float32",),
+            mutations=("bn_eps",),
+            why="an exported graph is an inference model (eval mode, no gradients or optimizer), "
+            "MXNet's exporter writes float32 graphs, and onnxruntime's CPU provider has no "
+            "float64 Conv or AveragePool kernel",
+        ),
     )
 }
 

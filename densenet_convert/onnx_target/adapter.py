@@ -34,7 +34,7 @@ def check_case(case: Case) -> None:
         )
 
 
-def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+def cross_entropy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The mean cross-entropy in the logits' dtype (the spec's loss; onnx graphs stop at logits)."""
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -123,7 +123,7 @@ class Adapter:
         return dict(zip(names, session.run(names, {"images": x})))
 
     def loss(self, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return _cross_entropy(logits, y)
+        return cross_entropy(logits, y)
 
     def _no(self, *args, **kwargs):
         raise ExportTargetError(f"{TARGET.name}: {TARGET.why}")
