@@ -18,7 +18,7 @@ from flax import nnx
 
 from densenet_jax.weights import LEAVES
 from densenet_spec.errors import OptimizerStateError
-from densenet_spec.params import param_specs
+from densenet_spec.params import check_momentum_buffers, param_specs
 
 
 def spec_buffers(model: nnx.Module, optimizer: nnx.Optimizer) -> dict[str, np.ndarray]:
@@ -38,19 +38,7 @@ def load_spec_buffers(model: nnx.Module, optimizer: nnx.Optimizer, buffers: dict
     """The inverse of spec_buffers: the next train step continues from `buffers` (from any
     framework; converted to the model's dtype). Validated in full before anything is written."""
     specs = _trainable(model)
-    names = {s.name: s for s in specs}
-    unknown = sorted(set(buffers) - set(names))
-    missing = sorted(set(names) - set(buffers))
-    shapes = [
-        s.name
-        for s in specs
-        if s.name in buffers and tuple(np.shape(buffers[s.name])) != tuple(s.shape)
-    ]
-    if unknown or missing or shapes:
-        raise OptimizerStateError(
-            f"momentum buffers do not match the model: missing {missing[:4]}, unexpected "
-            f"{unknown[:4]}, mis-shaped {shapes[:4]}"
-        )
+    check_momentum_buffers(buffers, model.config)
     flat = _trace(optimizer)
     for spec in specs:
         _, axes = LEAVES[spec.kind]

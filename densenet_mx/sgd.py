@@ -30,7 +30,7 @@ import numpy as np
 from mxnet import nd
 
 from densenet_mx.canonical import parameters
-from densenet_spec.params import trainable_names
+from densenet_spec.params import check_momentum_buffers, trainable_names
 
 
 class SpecSGD(mx.optimizer.SGD):
@@ -105,10 +105,8 @@ def spec_buffers(model: mx.gluon.Block, trainer: mx.gluon.Trainer) -> dict[str, 
 
 def load_spec_buffers(model: mx.gluon.Block, trainer: mx.gluon.Trainer, buffers: dict) -> None:
     """The inverse of spec_buffers: the next trainer.step continues from `buffers`."""
+    check_momentum_buffers(buffers, model.config)
     index = _canonical_index(model, trainer)
-    unknown = sorted(set(buffers) - set(index))
-    if unknown:
-        raise KeyError(f"no trainable parameter named {', '.join(unknown[:4])}")
     trainer.optimizer.load_buffers({index[name]: b for name, b in buffers.items()})
 
 

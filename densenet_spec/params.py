@@ -77,6 +77,25 @@ def trainable_names(config: DenseNetConfig) -> list[str]:
     return [s.name for s in param_specs(config) if s.trainable]
 
 
+def check_momentum_buffers(buffers: dict, config: DenseNetConfig, dtype: str | None = None) -> None:
+    """Momentum buffers in canonical names (a checkpoint's, from any framework) that fit `config`:
+    one per trainable tensor, each of its shape (and of `dtype` when given); an
+    OptimizerStateError naming what differs otherwise, before anything is loaded."""
+    from densenet_spec.errors import OptimizerStateError
+
+    specs = {s.name: s.shape for s in param_specs(config) if s.trainable}
+    missing = sorted(set(specs) - set(buffers))
+    extra = sorted(set(buffers) - set(specs))
+    shapes = [n for n in specs if n in buffers and tuple(np.shape(buffers[n])) != specs[n]]
+    dtypes = sorted({str(np.asarray(b).dtype) for b in buffers.values()} - {dtype}) if dtype else []
+    if missing or extra or shapes or dtypes:
+        want = f", dtypes {dtypes} (want {dtype})" if dtype else ""
+        raise OptimizerStateError(
+            f"momentum buffers do not match the model: missing {missing[:4]}, unexpected "
+            f"{extra[:4]}, mis-shaped {shapes[:4]}{want}"
+        )
+
+
 def count_parameters(config: DenseNetConfig) -> int:
     """Trainable parameters (running statistics excluded), as torch's numel() sum counts them."""
     return sum(int(np.prod(s.shape)) for s in param_specs(config) if s.trainable)

@@ -52,8 +52,8 @@ from densenet_spec import data as datamod
 from densenet_spec import reference
 from densenet_spec.case import Case, SGDConfig
 from densenet_spec.config import DenseNetConfig
-from densenet_spec.errors import CheckpointError, OptimizerStateError, TrainingOptionError
-from densenet_spec.params import param_specs, trainable_names
+from densenet_spec.errors import CheckpointError, TrainingOptionError
+from densenet_spec.params import check_momentum_buffers, param_specs, trainable_names
 from densenet_spec.weightfile import atomic_write_bytes, load_weights, save_weights
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -165,16 +165,7 @@ class Checkpoint:
 
 
 def check_buffers(buffers: dict, config: DenseNetConfig, dtype: str) -> None:
-    specs = {s.name: s.shape for s in param_specs(config) if s.trainable}
-    missing = sorted(set(specs) - set(buffers))
-    extra = sorted(set(buffers) - set(specs))
-    shapes = [n for n in specs if n in buffers and tuple(np.shape(buffers[n])) != specs[n]]
-    dtypes = sorted({str(np.asarray(b).dtype) for b in buffers.values()} - {dtype})
-    if missing or extra or shapes or dtypes:
-        raise OptimizerStateError(
-            f"momentum buffers do not match the model: missing {missing[:4]}, unexpected "
-            f"{extra[:4]}, mis-shaped {shapes[:4]}, dtypes {dtypes} (want {dtype})"
-        )
+    check_momentum_buffers(buffers, config, dtype)
 
 
 def save_checkpoint(folder, ck: Checkpoint) -> Path:

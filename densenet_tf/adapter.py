@@ -25,6 +25,7 @@ from densenet_spec.case import Case, relu_names
 from densenet_spec.config import same_pads
 from densenet_spec.driver import Gradients
 from densenet_spec.errors import DeviceUnavailableError
+from densenet_spec.params import check_momentum_buffers
 from densenet_tf import train
 from densenet_tf.canonical import (
     from_canonical_array,
@@ -148,10 +149,8 @@ class Adapter:
         }
 
     def load_optimizer_state(self, model: DenseNet, optimizer, buffers: dict) -> None:
+        check_momentum_buffers(buffers, model.config)
         trainable = {n: v for n, v in named_variables(model).items() if v.trainable}
-        unknown = sorted(set(buffers) - set(trainable))
-        if unknown:
-            raise KeyError(f"no trainable parameter named {', '.join(unknown[:4])}")
         for name, value in buffers.items():
             slot = optimizer.buffer(trainable[name])
             slot.assign(from_canonical_array(np.asarray(value, slot.dtype)))

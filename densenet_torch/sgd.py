@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from densenet_spec.errors import OptimizerStateError
-from densenet_spec.params import trainable_names
+from densenet_spec.params import check_momentum_buffers, trainable_names
 
 BUFFER = "momentum_buffer"  # torch.optim.SGD's state key
 
@@ -34,14 +34,7 @@ def load_spec_buffers(model: nn.Module, optimizer: torch.optim.SGD, buffers: dic
     """The inverse of spec_buffers: the next optimizer.step continues from `buffers` (from any
     framework; converted to each parameter's dtype, device and memory format)."""
     params = _trainable(model, optimizer)
-    unknown = sorted(set(buffers) - set(params))
-    missing = sorted(set(params) - set(buffers))
-    shapes = [n for n in params if n in buffers and tuple(np.shape(buffers[n])) != params[n].shape]
-    if unknown or missing or shapes:
-        raise OptimizerStateError(
-            f"momentum buffers do not match the model: missing {missing[:4]}, unexpected "
-            f"{unknown[:4]}, mis-shaped {shapes[:4]}"
-        )
+    check_momentum_buffers(buffers, model.config)
     for name, param in params.items():
         value = torch.from_numpy(np.ascontiguousarray(buffers[name]))
         buf = torch.empty_like(param, memory_format=torch.preserve_format)
