@@ -187,6 +187,7 @@ class ParityReport:
             "weights": self.weights,
             "oracle_seconds": round(self.oracle_seconds, 3),
             "mutations": self.mutations,
+            "notes": [n for n in (float32_steps_note(self),) if n],
             "pairs": [
                 {
                     "a": p.a,
@@ -690,6 +691,29 @@ def piece_rows(report: ParityReport) -> list[dict]:
             row["reason"] = p.pieces.get("reason", "")
         rows.append(row)
     return rows
+
+
+# A float32 step bound above this says little: a relative error of 1% is not rounding any more.
+WIDE_STEP_BOUND = 1e-2
+
+
+def float32_steps_note(report: ParityReport) -> str:
+    """float32 over K > 1 steps: where the derived step bounds have grown too wide to check much
+    (rounding and ReLU flips compound over the steps, benchmarks/float32_steps), or ""."""
+    c = report.case
+    if c.dtype != "float32" or c.steps < 2:
+        return ""
+    steps = [x for p in report.pairs for x in p.comparisons if x.key.startswith("step/")]
+    wide = [x for x in steps if x.bound > WIDE_STEP_BOUND]
+    if not wide:
+        return ""
+    widest = max(wide, key=lambda x: x.bound)
+    return (
+        f"float32 over {c.steps} steps: {len(wide)} of {len(steps)} step bounds exceed "
+        f"{WIDE_STEP_BOUND:g} (widest {widest.bound:.1e}, {widest.key}): the oracle's own float32 "
+        "run has drifted that far from float64 (rounding and ReLU flips compound over steps), so "
+        "these comparisons check little; fewer --steps keep them tight (benchmarks/float32_steps)"
+    )
 
 
 def describe_where(where: dict[str, int], limit: int = 4) -> str:

@@ -5,10 +5,17 @@ from __future__ import annotations
 import shutil
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from densenet_spec.case import describe_inputs
-from densenet_spec.harness import ParityReport, describe_where, family_table, piece_rows
+from densenet_spec.harness import (
+    ParityReport,
+    describe_where,
+    family_table,
+    float32_steps_note,
+    piece_rows,
+)
 
 FAMILIES = ("eval", "train", "loss", "eval_grad", "train_grad", "step")
 
@@ -64,6 +71,9 @@ def print_report(report: ParityReport, con: Console) -> None:
         table.add_row(pair, *out)
     con.print(table)
     print_pieces(report, con)
+    note = float32_steps_note(report)
+    if note:
+        con.print(f"[yellow]{escape(note)}[/]")
     for r in rows:
         if r["failed"]:
             con.print(

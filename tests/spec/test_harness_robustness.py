@@ -186,3 +186,23 @@ def test_a_pair_that_parts_only_after_steps_names_the_tensor():
     ok, bad = Comparison("eval/stem", 0.0, 1.0), Comparison("step/stem.conv.bias", 2.0, 1.0)
     pair = PairReport("torch", "oracle", [ok, bad], ["stem"], ["stem.conv.weight"])
     assert pair.first_divergence() == {"step": "stem.conv.bias"}
+
+
+@pytest.mark.parametrize(
+    "dtype, steps, bound, noted",
+    [("float32", 5, 0.2, True), ("float32", 5, 1e-3, False), ("float32", 1, 0.2, False),
+     ("float64", 5, 0.2, False)],
+)  # fmt: skip
+def test_float32_multi_step_runs_say_when_their_step_bounds_check_little(
+    dtype, steps, bound, noted
+):
+    """Issue 18: a float32 run over K steps whose derived step bounds have grown past 1e-2 says
+    so in the report and its JSON (and nothing is said when the bounds are tight or K = 1)."""
+    case = make_case(get_preset("tiny"), image_size=16, steps=steps, dtype=dtype)
+    comps = [Comparison("step/stem.conv.weight", 1e-4, bound), Comparison("eval/stem", 0, 1e-5)]
+    report = harness.ParityReport(case, {}, [PairReport("torch", "oracle", comps)], 0.0)
+    note = harness.float32_steps_note(report)
+    assert bool(note) is noted
+    assert report.to_json()["notes"] == ([note] if noted else [])
+    if noted:
+        assert "1 of 1 step bounds exceed 0.01" in note and "stem.conv.weight" in note
