@@ -29,6 +29,8 @@ class Framework:
     env: dict = field(default_factory=dict)  # variables every process of this framework needs
     # Variables for parity runs only: speed settings that leave every number unchanged.
     parity_env: dict = field(default_factory=dict)
+    # The data-parallel engine of <package>/distributed.py (docs/data_parallel.md); "": none
+    data_parallel: str = ""
 
 
 # XLA's CPU backend compiles float64 convolutions to plain loops; compiling ~100 of them dominates a
@@ -48,6 +50,7 @@ FRAMEWORKS: dict[str, Framework] = {
             layout="NCHW",
             tests="tests/torch",
             peer="torchvision",
+            data_parallel="torch DistributedDataParallel under torchrun",
         ),
         Framework(
             name="jax",
@@ -58,6 +61,7 @@ FRAMEWORKS: dict[str, Framework] = {
             tests="tests/jax",
             peer="keras-jax",
             parity_env={"XLA_FLAGS": JAX_PARITY_XLA_FLAGS},
+            data_parallel="jax.sharding (shard_map over devices; jax.distributed across processes)",
         ),
         Framework(
             name="tf",
@@ -68,6 +72,7 @@ FRAMEWORKS: dict[str, Framework] = {
             tests="tests/tf",
             peer="keras-tf",
             env={"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"},
+            data_parallel="tf.distribute (MirroredStrategy; MultiWorkerMirroredStrategy)",
         ),
         Framework(
             name="mx",
@@ -77,6 +82,7 @@ FRAMEWORKS: dict[str, Framework] = {
             layout="NCHW",
             tests="tests/mx",
             peer="gluon",
+            data_parallel="MXNet kvstore over contexts (dist_sync across processes)",
         ),
     )
 }

@@ -675,38 +675,39 @@ def replica_sgd_steps(
     replica r's BatchNorms start each step from: "broadcast" (replica 0's, torch DDP's
     default) or "local" (its own).
     """
-    if buffers not in BUFFER_POLICIES:
-        raise ValueError(f"buffers must be one of {', '.join(BUFFER_POLICIES)}, got {buffers!r}")
-    running_names = [s.name for s in param_specs(config) if s.name.endswith(("_mean", "_var"))]
-    shared = dict(params)
     states = [dict(params) for _ in range(replicas)]
     momentum: dict = {}
     for k in range(len(step_x)):
-        if buffers == "broadcast":
-            states = [{**s, **{n: states[0][n] for n in running_names}} for s in states]
-        if bn_sync == "synchronised":
-            # One whole-batch pass; its running statistics become every replica's.
-            _, running, _, _, grads = _forward_backward(
-                {**shared, **{n: states[0][n] for n in running_names}},
-                config,
-                step_x[k],
-                step_y[k],
-                True,
-            )
-            runnings = [running] * replicas
-        else:
-            xs, ys = (
-                shards(np.asarray(step_x[k]), replicas),
-                shards(np.asarray(step_y[k]), replicas),
-            )
-            parts = [
-                _forward_backward(
-                    {**shared, **{n: s[n] for n in running_names}}, config, xr, yr, True
-                )
-                for s, xr, yr in zip(states, xs, ys)
-            ]
-            runnings = [p[1] for p in parts]
-            grads = {n: sum(p[4][n] for p in parts) / replicas for n in parts[0][4]}
-        shared, momentum = sgd_step(shared, grads, momentum, sgd)
-        states = [{**shared, **running} for running in runnings]
+        states, momentum, _ = replica_sgd_step(
+            states, momentum, config, step_x[k], step_y[k], sgd, replicas, bn_sync, buffers
+        )
     return states
+
+
+def replica_sgd_step(states: list, momentum: dict, config, x, y, sgd, replicas, bn_sync, buffers):
+    """One data-parallel step (replica_sgd_steps'): every replica's state (the parameters are
+    shared), the momentum buffers (shared), and the step's loss, the mean of the replicas'
+    shard losses (the whole batch's mean with synchronised BN)."""
+    if buffers not in BUFFER_POLICIES:
+        raise ValueError(f"buffers must be one of {', '.join(BUFFER_POLICIES)}, got {buffers!r}")
+    running_names = [s.name for s in param_specs(config) if s.name.endswith(("_mean", "_var"))]
+    shared = {k: v for k, v in states[0].items() if k not in running_names}
+    if buffers == "broadcast":
+        states = [{**s, **{n: states[0][n] for n in running_names}} for s in states]
+    if bn_sync == "synchronised":
+        # One whole-batch pass; its running statistics become every replica's.
+        _, running, value, _, grads = _forward_backward(
+            {**shared, **{n: states[0][n] for n in running_names}}, config, x, y, True
+        )
+        runnings = [running] * replicas
+    else:
+        xs, ys = shards(np.asarray(x), replicas), shards(np.asarray(y), replicas)
+        parts = [
+            _forward_backward({**shared, **{n: s[n] for n in running_names}}, config, xr, yr, True)
+            for s, xr, yr in zip(states, xs, ys)
+        ]
+        runnings = [p[1] for p in parts]
+        value = sum(p[2] for p in parts) / replicas
+        grads = {n: sum(p[4][n] for p in parts) / replicas for n in parts[0][4]}
+    shared, momentum = sgd_step(shared, grads, momentum, sgd)
+    return [{**shared, **running} for running in runnings], momentum, float(value)

@@ -28,6 +28,7 @@ from densenet_spec import training
 from densenet_spec.config import PRESETS, get_preset
 from densenet_spec.errors import DenseNetError, ResumeMismatchError, TrainingOptionError
 from densenet_spec.frameworks import FRAMEWORKS, VARIANTS, get_framework
+from densenet_spec.reference import BN_SYNC
 
 ORACLE = "numpy"  # the oracle acting as a framework (--frameworks numpy)
 REFERENCE = "oracle64"  # the float64 oracle run every framework's losses are compared with
@@ -106,6 +107,20 @@ def parse_args(argv):
         metavar="CHECKPOINT",
         help="a checkpoint folder written by any framework (.../checkpoints/epoch-NNN)",
     )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="train data-parallel on R replicas, each framework on its own engine "
+        "(docs/data_parallel.md); the batch splits into R equal shards",
+    )
+    p.add_argument(
+        "--bn-sync",
+        default="synchronised",
+        choices=BN_SYNC,
+        help="with --replicas: BatchNorm statistics over the whole batch (the one-device run) or "
+        "each replica's own shard",
+    )
     p.add_argument("--no-setup", action="store_true", help="do not build missing environments")
     p.add_argument(
         "--python",
@@ -176,6 +191,7 @@ def plan(args) -> dict:
     if args.data_dir is not None and s.data != "fashion-mnist":
         raise TrainingOptionError("--data-dir: only --data fashion-mnist reads files")
     frameworks = parse_names(args.frameworks)
+    replicas = check_replicas(args, s, frameworks)
     pythons = check_pythons(args, [n for n in frameworks if n != ORACLE])
     # the schedule's horizon is known only once the data are loaded: checked again below
     training.check_settings(
@@ -212,7 +228,25 @@ def plan(args) -> dict:
         "end": end,
         "frameworks": frameworks,
         "pythons": pythons,
+        "replicas": replicas,
     }
+
+
+def check_replicas(args, s: training.TrainSettings, frameworks: list[str]) -> dict | None:
+    """--replicas R > 1: the job's replica options (densenet_spec/replicas.py), checked: equal
+    shards, and every named framework has a data-parallel engine (frameworks.py)."""
+    if args.replicas < 1:
+        raise TrainingOptionError(f"--replicas: must be at least 1, got {args.replicas}")
+    if args.replicas == 1:
+        return None
+    if s.batch % args.replicas:
+        raise TrainingOptionError(
+            f"--replicas {args.replicas}: the batch of {s.batch} must split into equal shards"
+        )
+    without = [n for n in frameworks if n != ORACLE and not FRAMEWORKS[n].data_parallel]
+    if without:
+        raise TrainingOptionError(f"--replicas: no data-parallel engine for {', '.join(without)}")
+    return {"replicas": args.replicas, "bn_sync": args.bn_sync, "buffers": "broadcast"}
 
 
 def check_pythons(args, frameworks: list[str]) -> dict[str, str]:
@@ -343,6 +377,9 @@ def main(argv=None) -> int:
         f"{s.image_size} px ({datamod.RESIZE_METHOD}); {spe} steps of {s.batch} per epoch; "
         f"steps {first}..{end - 1}, {s.dtype}, lr {s.lr} ({s.schedule})"
     )
+    if p["replicas"]:
+        r = p["replicas"]
+        console.print(f"data-parallel: {r['replicas']} replicas each, BatchNorm {r['bn_sync']}")
     names = list(p["frameworks"])
     ref_end = min(end, first + args.reference_steps)
     jobs = {}
@@ -358,6 +395,7 @@ def main(argv=None) -> int:
             framework=name,
             device=args.device,
             variant=args.variant,
+            replicas=p["replicas"],
         )
     if ref_end > first:
         names.append(REFERENCE)
@@ -373,6 +411,7 @@ def main(argv=None) -> int:
             compute_dtype="float64",
             eval_every_epoch=ref_end == end,
             checkpoints=False,
+            replicas=p["replicas"],
         )
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -422,7 +461,7 @@ def main(argv=None) -> int:
     with open(out / "metrics.jsonl", "w") as f:
         for run in runs.values():
             f.writelines(json.dumps(r) + "\n" for r in run["records"])
-    summary = summarize(runs, s, args)
+    summary = {**summarize(runs, s, args), "replicas": p["replicas"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     for name, row in summary["frameworks"].items():
         acc = row.get("test_accuracy")

@@ -21,6 +21,15 @@ protocol (densenet_spec.driver) training needs three adapter methods:
 and, optionally, adapter.predict(model, x) -> native logits in eval mode (else the driver takes
 stage_outputs(model, x, training=False)["logits"]).
 
+Data-parallel jobs (densenet-train --replicas R; job.json "replicas": {replicas, bn_sync,
+buffers}, the case options of densenet_spec/replicas.py) run the same loop with
+<package>.distributed.ReplicaAdapter: the same protocol over whole batches, each train_step one
+data-parallel step of R replicas on the framework's own engine (the loss returned: the mean of
+the replicas' shard losses), to_canonical and optimizer_state replica 0's. A multi-process engine
+also defines <package>.distributed.launch_training(job_dir, *, timeout), which starts its
+processes, each running run_job; its adapter's `writes` is False on every process but the first,
+which alone writes metrics, checkpoints and the result.
+
 A checkpoint is a folder, written atomically (a temporary folder renamed into place):
     weights.safetensors    the canonical weight file (densenet_spec.weightfile), for any framework
     optimizer.safetensors  the momentum buffers under the trainable tensors' canonical names, with
@@ -60,6 +69,7 @@ SCHEDULES = ("constant", "cosine", "step")
 OPTIMIZER_FORMAT = "densenet-parity-optimizer"
 OPTIMIZER_FORMAT_VERSION = "1"
 EVAL_BATCH = 128  # eval-mode BatchNorm is per image, so the chunk size changes nothing
+LAUNCH_TIMEOUT_S = 24 * 3600.0  # a multi-process training run's bound (its processes are killed)
 
 
 @dataclass(frozen=True)
@@ -282,6 +292,16 @@ class OracleAdapter:
 
     def train_step(self, model, optimizer, x, y):
         sgd = dataclasses.replace(self.case.sgd, lr=optimizer["lr"])
+        replicas = int(self.case.options.get("replicas", 1))
+        if replicas > 1:  # reference.replica_sgd_step; model.params is replica 0's state
+            states = getattr(model, "replica_states", None) or [model.params] * replicas
+            o = self.case.options
+            states, optimizer["buffers"], loss = reference.replica_sgd_step(
+                states, optimizer["buffers"], model.config, x, y, sgd, replicas,
+                o.get("bn_sync", "synchronised"), o.get("buffers", "broadcast"),
+            )  # fmt: skip
+            model.replica_states, model.params = states, dict(states[0])
+            return loss
         model.params, optimizer["buffers"], losses = reference.sgd_steps(
             model.params, model.config, [x], [y], sgd, buffers=optimizer["buffers"]
         )
@@ -308,9 +328,25 @@ class OracleAdapter:
 
 
 def make_adapter(package: str, case: Case):
+    """`package`'s adapter for the case; a data-parallel case (options "replicas" > 1) gets its
+    distributed.ReplicaAdapter (the oracle's: OracleAdapter on reference.replica_sgd_step)."""
     if package == "numpy":
         return OracleAdapter(case)
+    if int(case.options.get("replicas", 1)) > 1:
+        module = distributed_module(package)
+        if not hasattr(module, "ReplicaAdapter"):
+            raise TrainingOptionError(f"--replicas: {package} has no data-parallel training yet")
+        return module.ReplicaAdapter(case)
     return importlib.import_module(f"{package}.adapter").Adapter(case)
+
+
+def distributed_module(package: str):
+    try:
+        return importlib.import_module(f"{package}.distributed")
+    except ModuleNotFoundError as e:
+        if e.name != f"{package}.distributed":
+            raise
+        raise TrainingOptionError(f"--replicas: {package} has no data-parallel engine") from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -332,11 +368,13 @@ def write_job(
     variant: str = "plain",
     eval_every_epoch: bool = True,
     checkpoints: bool = True,
+    replicas: dict | None = None,
 ) -> Path:
     """A job folder for one worker: steps start.step .. end_step - 1 of the run `settings`.
 
     compute_dtype: the dtype the worker runs in when it differs from settings.dtype (the float64
     oracle reference of a float32 run: same float32 inputs and start weights, computed in float64).
+    replicas: {"replicas": R, "bn_sync": ..., "buffers": ...} for a data-parallel job.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -374,6 +412,7 @@ def write_job(
         "variant": variant,
         "eval_every_epoch": eval_every_epoch,
         "checkpoints": checkpoints,
+        "replicas": replicas,  # None, or the case options of densenet_spec/replicas.py
     }
     atomic_write_bytes(folder / "job.json", json.dumps(job, indent=2).encode())
     return folder
@@ -439,6 +478,7 @@ def run_job(package: str, job_dir) -> dict:
         sgd=s.sgd,
         quantities=("step",),
         variant=job["variant"],
+        options=dict(job.get("replicas") or {}),
     )
     adapter = make_adapter(package, case)
     _require(adapter, "optimizer_state", "load_optimizer_state")
@@ -453,7 +493,8 @@ def run_job(package: str, job_dir) -> dict:
         check_buffers(buffers, s.config, dtype)
         adapter.load_optimizer_state(model, optimizer, buffers)
 
-    metrics = open(job_dir / "metrics.jsonl", "w")
+    writes = getattr(adapter, "writes", True)  # False: another process of the engine writes
+    metrics = open(job_dir / "metrics.jsonl" if writes else os.devnull, "w")
     checkpoints: list[str] = []
 
     def emit(record):
@@ -473,7 +514,7 @@ def run_job(package: str, job_dir) -> dict:
             record["test_loss"], record["test_accuracy"] = _evaluate(
                 adapter, model, raw, pre, dtype, input_dtype
             )
-        if not job["checkpoints"]:
+        if not job["checkpoints"] or not writes:
             emit(record)
             return
         ck = Checkpoint(
@@ -534,7 +575,8 @@ def run_job(package: str, job_dir) -> dict:
     }
     emit({"event": "end", **result})
     metrics.close()
-    atomic_write_bytes(job_dir / "result.json", json.dumps(result, indent=2).encode())
+    if writes:
+        atomic_write_bytes(job_dir / "result.json", json.dumps(result, indent=2).encode())
     return result
 
 
@@ -554,7 +596,13 @@ def main(argv=None) -> int:
     from densenet_spec.errors import DenseNetError
 
     try:
-        run_job(*argv)
+        package, job_dir = argv
+        replicas = json.loads((Path(job_dir) / "job.json").read_text()).get("replicas")
+        module = distributed_module(package) if replicas and package != "numpy" else None
+        if module is not None and hasattr(module, "launch_training"):
+            module.launch_training(job_dir, timeout=LAUNCH_TIMEOUT_S)  # its processes run_job
+        else:
+            run_job(package, job_dir)
     except DenseNetError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 2

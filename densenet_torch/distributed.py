@@ -5,7 +5,9 @@
 starts launch(), which runs torchrun on this machine (R processes, gloo on the loopback
 interface for CPU, NCCL for GPU); each process runs main() below on its shard. Several hosts:
 the same module under torchrun --nnodes (docs/data_parallel.md). What the results hold and what
-they are compared with: densenet_spec/replicas.py.
+they are compared with: densenet_spec/replicas.py. densenet-train --replicas R runs the same way:
+launch_training() starts torchrun, and each process runs densenet_spec.training.run_job with
+ReplicaAdapter (rank 0 writes the metrics and checkpoints).
 
 BatchNorm: "synchronised" builds every BatchNorm as sync_batchnorm.SyncBatchNorm2d (torch's own
 SyncBatchNorm refuses CPU tensors); "per-replica" is the plain model. DDP's broadcast_buffers
@@ -18,6 +20,7 @@ ranks other than 0 change (reference.replica_sgd_steps); with synchronised BN th
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import platform
 import signal
@@ -25,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +39,7 @@ from densenet_spec.case import Case, read_case, write_results
 from densenet_spec.params import trainable_names
 from densenet_spec.replicas import check_results, replica_options, running_names
 from densenet_torch import train
+from densenet_torch.adapter import Adapter
 from densenet_torch.layers import DenseBlock
 from densenet_torch.memory_efficient import MemoryEfficientDenseBlock
 from densenet_torch.model import DenseNet
@@ -52,21 +57,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(case_dir, out, replicas: int, port: int) -> list[str]:
-    """torchrun on one host, loopback only: R processes of this module."""
+def launch_command(args: list, replicas: int, port: int) -> list[str]:
+    """torchrun on one host, loopback only: R processes of this module with `args`."""
     return [
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", "1", "--nproc-per-node", str(replicas),
         "--master-addr", "127.0.0.1", "--master-port", str(port),
-        "-m", "densenet_torch.distributed", str(case_dir), str(out),
+        "-m", "densenet_torch.distributed", *map(str, args),
     ]  # fmt: skip
 
 
 def launch(case_dir, out, *, timeout: float) -> None:
     """Run the case's R replicas under torchrun; raise on failure or timeout (all killed)."""
     replicas, _, _ = replica_options(read_case(case_dir))
+    _torchrun([case_dir, out], replicas, timeout)
+
+
+def launch_training(job_dir, *, timeout: float) -> None:
+    """densenet-train --replicas R: the job's R processes under torchrun, each running
+    densenet_spec.training.run_job with ReplicaAdapter; raise on failure or timeout."""
+    job = json.loads((Path(job_dir) / "job.json").read_text())
+    _torchrun(["train", job_dir], int(job["replicas"]["replicas"]), timeout)
+
+
+def _torchrun(args: list, replicas: int, timeout: float) -> None:
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    cmd = launch_command(case_dir, out, replicas, free_port())
+    cmd = launch_command(args, replicas, free_port())
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
         code = proc.wait(timeout=timeout)
@@ -190,10 +206,57 @@ def run_rank(case: Case) -> tuple[dict, dict]:
     return out, info
 
 
+class ReplicaAdapter(Adapter):
+    """densenet_spec.training's adapter for one rank of a data-parallel training job: whole
+    batches in, this rank's shard stepped through DDP; only rank 0 writes (writes)."""
+
+    def __init__(self, case: Case):
+        super().__init__(case)
+        self.replica = Replica(case)
+        self.writes = self.replica.rank == 0
+        self.info |= {
+            "engine": "torch DistributedDataParallel",
+            "backend": dist.get_backend(),
+            "replicas": self.replica.world,
+            "bn_sync": self.replica.bn_sync,
+        }
+
+    def build(self) -> DenseNet:
+        model = self.replica.build()
+        self.ddp_model = self.replica.ddp(model)
+        return model
+
+    def train_step(self, model: DenseNet, optimizer, x, y) -> torch.Tensor:
+        n, r = len(x) // self.replica.world, self.replica.rank
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = train.loss_fn(self.ddp_model(x[r * n : (r + 1) * n]), y[r * n : (r + 1) * n])
+        loss.backward()  # DDP averages the gradients over the ranks
+        optimizer.step()
+        return torch.from_numpy(self.replica.mean(loss))  # the mean of the shard losses
+
+
+def run_training(job_dir) -> None:
+    """One torchrun process of a training job (launch_training)."""
+    from densenet_spec.training import run_job
+
+    job = json.loads((Path(job_dir) / "job.json").read_text())
+    dist.init_process_group("nccl" if job["device"] == "gpu" else "gloo")
+    try:
+        run_job("densenet_torch", job_dir)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def main(argv=None) -> int:
-    case_dir, out = (sys.argv[1:] if argv is None else argv)[:2]
-    case = read_case(case_dir)
+    argv = sys.argv[1:] if argv is None else argv
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if argv[0] == "train":
+        run_training(argv[1])
+        return 0
+    case_dir, out = argv[:2]
+    case = read_case(case_dir)
     backend = "nccl" if case.device == "gpu" else "gloo"
     dist.init_process_group(backend)
     try:
