@@ -136,6 +136,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "repeatable; or DENSENET_PYTHON_<NAME>); checked first, never modified",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--replicas",
+        help="data-parallel training throughput at these replica counts instead (e.g. 1,2): "
+        "each framework on its own engine, short densenet-train jobs on digits, the speedup "
+        "against the same run's smallest count (densenet_bench/scaling.py)",
+    )
+    p.add_argument(
+        "--bn-sync",
+        default="synchronised",
+        choices=("synchronised", "per-replica"),
+        help="with --replicas: the BatchNorm semantics (docs/data_parallel.md)",
+    )
     return p.parse_args(argv)
 
 
@@ -235,6 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     from densenet_bench import report  # rich
 
     console = report.console()
+    if args.replicas:
+        from densenet_bench.scaling import run_scaling
+
+        try:
+            args.pythons = envs.parse_python_args(args.python)
+            lines = run_scaling(args, console, "densenet-bench " + shlex.join(argv))
+        except DenseNetError as e:
+            console.print(f"[bold red]error:[/] {type(e).__name__}: {e}")
+            return 2
+        return 0 if all(line["ok"] for line in lines) else 1
     try:
         pythons = envs.parse_python_args(args.python)
         runs, notes = plan(args)

@@ -75,3 +75,40 @@ def test_torch_two_replicas_float32_bounds_are_derived_and_catch_the_other_seman
         assert c["error"] <= c["bound"] <= 1e-2, c
     mutated = parity(*f32, "--mutate", "torch:bn_sync")
     assert "part at train: stem" in mutated.stdout and "SELF-CHECK OK" in mutated.stdout
+
+
+def bench(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "densenet_bench.cli", *args, "--no-setup"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=envs.worker_env("spec"),
+    )
+
+
+def test_bench_replicas_measures_each_count_against_the_same_runs_baseline(tmp_path, require_envs):
+    require_envs("torch")
+    out = tmp_path / "scaling.jsonl"
+    args = ["--frameworks", "torch", "--replicas", "1,2", "--preset", "tiny", "--batch", "8"]
+    args += ["--image-size", "16", "--iters", "3", "--warmup", "1", "--json", str(out)]
+    proc = bench(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one, two = (json.loads(line) for line in out.read_text().splitlines())
+    assert (one["replicas"], two["replicas"]) == (1, 2) and one["speedup"] == 1.0
+    assert two["speedup"] == pytest.approx(two["images_per_s"] / one["images_per_s"])
+    assert two["engine"].startswith("torch DistributedDataParallel") and two["timed_steps"] == 3
+    assert two["info"]["replicas"] == 2 and "replicas" not in one["info"]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--replicas", "1,3", "--batch", "8"), "batch 8 does not split into 3 shards"),
+        (("--replicas", "0"), "counts must be >= 1"),
+        (("--replicas", "1,2", "--frameworks", "torchvision"), "our frameworks only"),
+    ],
+)
+def test_bench_replicas_refuses_before_running(args, words):
+    proc = bench("--frameworks", "torch", "--preset", "tiny", *args, timeout=120)
+    assert proc.returncode == 2 and words in " ".join(proc.stdout.split()), proc.stdout
