@@ -1,0 +1,399 @@
+"""Data-parallel DenseNet on JAX's own engine: shard_map over a device mesh (issue 20).
+
+    <env python> -m densenet_spec.distributed densenet_jax <case folder> <result file>
+
+starts launch(), which runs this module in fresh processes, because the number of CPU devices
+is fixed when JAX's backend starts. Two engines, the same computation:
+
+  "sharded" (the default): one process with R CPU devices (jax_num_cpu_devices), a Mesh over
+      them and jax.shard_map; the collectives are XLA's in-process all-reduces.
+  "processes": R processes with one device each, joined by jax.distributed.initialize
+      (coordinator on 127.0.0.1, a free port; CPU collectives over gloo); the same mesh spans
+      every process's devices. Pick it with launch(..., engine="processes") or the environment
+      variable DENSENET_JAX_ENGINE=processes. Several hosts: docs/data_parallel.md.
+
+Inside shard_map each replica runs the plain model on its shard. Parameters enter replicated
+and are cast to per-replica values (lax.pcast) before differentiation, so each replica's
+gradient is its own shard's and the all-reduce is the explicit lax.pmean; the SGD-momentum
+update (train.make_optimizer's optax chain) then runs identically on every replica. BatchNorm:
+"synchronised" builds every BatchNorm as sync_batchnorm.SyncBatchNorm (psum of per-channel
+sums over the replica axis; its backward is autodiff through the psum); "per-replica" is the
+plain model. Running statistics are per replica (a leading replica axis, sharded); the case's
+"buffers" option "broadcast" copies replica 0's to every replica before each step (torch DDP's
+default), "local" keeps each replica's own. What the results hold: densenet_spec/replicas.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from functools import partial
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from densenet_jax import train, xla_cpu
+from densenet_jax.memory_efficient import MemoryEfficientDenseBlock
+from densenet_jax.model import DenseNet
+from densenet_jax.precision import precision_settings
+from densenet_jax.sync_batchnorm import sync_batch_norm
+from densenet_jax.weights import from_canonical, to_canonical
+from densenet_spec.case import Case, read_case, write_results
+from densenet_spec.errors import DenseNetError, DeviceUnavailableError
+from densenet_spec.params import param_specs, stage_names, trainable_names
+from densenet_spec.replicas import check_results, replica_options, running_names
+
+AXIS = "data"
+ENGINES = ("sharded", "processes")
+ENGINE_ENV = "DENSENET_JAX_ENGINE"
+KILL_GRACE_S = 5
+POLL_S = 0.2
+
+
+class UnsupportedReplicaCase(DenseNetError):
+    """A replica case this engine does not run."""
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (the coordinator's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_command(case_dir, out, processes: int = 1, rank: int = 0, coordinator: str = ""):
+    cmd = [sys.executable, "-m", "densenet_jax.distributed", str(case_dir), str(out)]
+    if processes > 1:
+        cmd += ["--processes", str(processes), "--process-id", str(rank)]
+        cmd += ["--coordinator", coordinator]
+    return cmd
+
+
+def launch(case_dir, out, *, timeout: float, engine: str | None = None) -> None:
+    """Run the case's R replicas on `engine` (default: $DENSENET_JAX_ENGINE, else "sharded");
+    raise on failure or timeout, every started process killed."""
+    engine = engine or os.environ.get(ENGINE_ENV, "sharded")
+    if engine not in ENGINES:
+        raise ValueError(f"{ENGINE_ENV}={engine!r}: one of {', '.join(ENGINES)}")
+    case = read_case(case_dir)
+    replicas, _, _ = replica_options(case)
+    env = dict(os.environ)
+    if case.device == "cpu":  # no accelerator plugin may claim the devices
+        env.setdefault("JAX_PLATFORMS", "cpu")
+    if engine == "sharded":
+        commands = [worker_command(case_dir, out)]
+    else:
+        coordinator = f"127.0.0.1:{free_port()}"
+        commands = [
+            worker_command(case_dir, out, replicas, r, coordinator) for r in range(replicas)
+        ]
+    run_processes(commands, env, timeout)
+
+
+def run_processes(commands: list[list[str]], env: dict, timeout: float) -> None:
+    """Start every command in its own session; wait for all. The first failure, the timeout or
+    an interrupt kills every process group (SIGTERM, then SIGKILL)."""
+    procs: list[subprocess.Popen] = []
+    try:
+        for cmd in commands:
+            procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        deadline = time.monotonic() + timeout
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                i, code = failed[0]
+                raise RuntimeError(f"jax data-parallel process {i} exited {code}")
+            if all(c == 0 for c in codes):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"jax data-parallel run timed out after {timeout:g} s")
+            time.sleep(POLL_S)
+    finally:
+        _kill(procs)
+
+
+def _kill(procs: list[subprocess.Popen]) -> None:
+    alive = [p for p in procs if p.poll() is None]
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+        for p in alive:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        for p in alive:
+            try:
+                p.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                pass
+        alive = [p for p in alive if p.poll() is None]
+        if not alive:
+            return
+
+
+def configure(case: Case, processes: int, rank: int, coordinator: str) -> None:
+    """JAX settings before its backend starts: devices, collectives, precision."""
+    replicas, _, _ = replica_options(case)
+    if replicas % processes:
+        raise UnsupportedReplicaCase(f"{replicas} replicas do not split over {processes} processes")
+    for name, value in precision_settings(case.device, case.dtype).items():
+        jax.config.update(name, value)
+    if case.device == "cpu":
+        jax.config.update("jax_num_cpu_devices", replicas // processes)
+    if processes > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=coordinator, num_processes=processes, process_id=rank
+        )
+
+
+class Engine:
+    """A case's model, split into its graph and state, and its mesh of R devices."""
+
+    def __init__(self, case: Case):
+        self.case = case
+        self.replicas, self.bn_sync, self.buffers = replica_options(case)
+        try:
+            devices = jax.devices(case.device)
+        except RuntimeError as e:  # "Unknown backend gpu"
+            raise DeviceUnavailableError(f"jax: no {case.device} device ({e})") from e
+        if len(devices) != self.replicas:
+            raise UnsupportedReplicaCase(
+                f"the case asks for {self.replicas} replicas, JAX has {len(devices)} "
+                f"{case.device} devices"
+            )
+        self.mesh = Mesh(np.array(devices), (AXIS,))
+        parts = xla_cpu.fast_modules(case.device) if case.variant == "fast" else {}
+        if case.memory_efficient:
+            parts["dense_block"] = MemoryEfficientDenseBlock
+        if self.bn_sync == "synchronised":
+            parts["norm_layer"] = sync_batch_norm(AXIS)
+        dtype = jnp.dtype(case.dtype)
+        self.model = nnx.eval_shape(lambda: DenseNet(case.config, dtype=dtype, **parts))
+        from_canonical(self.model, case.params)
+
+    # Arrays in and out: global arrays built from the full host data on every process.
+
+    def put(self, tree, spec):
+        sharding = NamedSharding(self.mesh, spec)
+
+        def one(a):
+            a = np.asarray(a)
+            return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+        return jax.tree.map(one, tree)
+
+    def batch(self, a: np.ndarray):
+        a = np.asarray(a)
+        if a.ndim == 4:
+            a = np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # NCHW -> NHWC
+        return self.put(a, P(AXIS))
+
+    @staticmethod
+    def host(a) -> np.ndarray:
+        """A replicated global array's value (this process's copy)."""
+        return np.asarray(a.addressable_data(0))
+
+    def features(self, a) -> np.ndarray:
+        """A replicated batch of features (or images) on the host, NHWC -> NCHW."""
+        a = self.host(a)
+        return a.transpose(0, 3, 1, 2) if a.ndim == 4 else a
+
+    def replicated(self, tree):
+        """Global arrays resharded to a full copy on every device (an all-gather by XLA)."""
+        return jax.jit(lambda t: t, out_shardings=NamedSharding(self.mesh, P()))(tree)
+
+    def split(self, training: bool):
+        if training:
+            self.model.train()
+        else:
+            self.model.eval()
+        return nnx.split(self.model, nnx.Param, nnx.BatchStat)
+
+    def shard_map(self, fn, in_specs, out_specs):
+        return jax.jit(jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs))
+
+    # The quantities.
+
+    def eval_stages(self, x, y) -> tuple[dict, np.ndarray]:
+        """Eval mode: every stage (shards concatenated) and the mean of the shard losses."""
+        graphdef, params, stats = self.split(training=False)
+
+        def body(params, stats, x, y):
+            stages = nnx.merge(graphdef, params, stats).stage_outputs(x)
+            return stages, jax.lax.pmean(train.loss_fn(stages["logits"], y), AXIS)
+
+        fn = self.shard_map(body, (P(), P(), P(AXIS), P(AXIS)), (P(AXIS), P()))
+        stages, loss = fn(*self.put((params, stats), P()), self.batch(x), self.batch(y))
+        stages = self.replicated(stages)
+        return {k: self.features(v) for k, v in stages.items()}, self.host(loss).reshape(1)
+
+    def prepare_training(self) -> None:
+        """Compile the data-parallel train step and set up its state (replicated parameters and
+        optimizer state, per-replica running statistics with a leading replica axis)."""
+        replicas, broadcast = self.replicas, self.buffers == "broadcast"
+        graphdef, params, stats = self.split(training=True)
+        tx = train.make_optimizer(self.model, self.case.sgd).tx
+
+        def body(params, opt_state, stats, x, y):
+            """One replica's step: its shard's train-mode stages, the mean shard loss, its
+            part of d L_dp / d x, the all-reduced gradients, and the updated state."""
+            stats = jax.tree.map(lambda s: s[0], stats)  # this replica's running statistics
+            if broadcast:  # replica 0's, on every replica
+                stats = jax.tree.map(lambda s: jax.lax.all_gather(s, AXIS)[0], stats)
+
+            def loss_of(params, x):
+                model = nnx.merge(graphdef, params, stats, copy=True)
+                stages = model.stage_outputs(x)
+                loss = train.loss_fn(stages["logits"], y)
+                return loss, (stages, nnx.state(model, nnx.BatchStat))
+
+            grad_fn = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)
+            (loss, (stages, stats)), (grads, grad_x) = grad_fn(per_replica(params), x)
+            grads = jax.lax.pmean(grads, AXIS)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = jax.tree.map(lambda p, u: p + u, params, updates)  # optax.apply_updates
+            stats = jax.tree.map(lambda s: s[None], stats)
+            loss = jax.lax.pmean(loss, AXIS)
+            return stages, loss, grad_x / replicas, grads, (params, opt_state, stats)
+
+        specs = (P(), P(), P(AXIS))  # parameters, optimizer state, running statistics
+        self.step = self.shard_map(
+            lambda state, x, y: body(*state, x, y),
+            (specs, P(AXIS), P(AXIS)),
+            (P(AXIS), P(), P(AXIS), P(), specs),
+        )
+        stacked = jax.tree.map(lambda s: np.stack([np.asarray(s)] * replicas), stats)
+        self.initial = (*self.put((params, tx.init(params)), P()), self.put(stacked, P(AXIS)))
+
+    def train_pass(self, x, y) -> tuple[dict, np.ndarray, np.ndarray, dict]:
+        """Train mode from the case's state: stages, mean shard loss, d L_dp / d x, and the
+        all-reduced gradients (canonical names)."""
+        stages, loss, grad_x, grads, _ = self.step(self.initial, self.batch(x), self.batch(y))
+        stages, grad_x = self.replicated((stages, grad_x))
+        stages = {k: self.features(v) for k, v in stages.items()}
+        grads = jax.tree.map(lambda g: jnp.asarray(self.host(g)), grads)
+        grad_x = self.features(grad_x)
+        return stages, self.host(loss).reshape(1), grad_x, to_canonical(self.model, grads)
+
+    def sgd_steps(self) -> tuple[list[dict], float]:
+        """Every replica's state after case.steps data-parallel steps, and the largest
+        difference between replicas' parameters (0: the update is identical everywhere)."""
+        case, state = self.case, self.initial
+        for k in range(case.steps):
+            *_, state = self.step(state, self.batch(case.step_x[k]), self.batch(case.step_y[k]))
+        params, _, stats = state
+
+        def copies(params):  # every device's own copy of the parameters, stacked
+            return jax.tree.map(lambda p: p[None], per_replica(params))
+
+        every_params = self.replicated(self.shard_map(copies, P(), P(AXIS))(params))
+        every_params = jax.tree.map(self.host, every_params)
+        every_stats = jax.tree.map(self.host, self.replicated(stats))
+        states = []
+        for r in range(self.replicas):
+            replica = partial(np.take, indices=r, axis=0)  # replica r's slice
+            nnx.update(self.model, jax.tree.map(replica, every_params))
+            nnx.update(self.model, jax.tree.map(replica, every_stats))
+            states.append(to_canonical(self.model))
+        names = trainable_names(case.config)
+        spread = max(float(np.max(np.abs(s[n] - states[0][n]))) for s in states for n in names)
+        return states, spread
+
+
+def per_replica(tree):
+    """Replicated values as each replica's own (lax.pcast to varying): differentiating them
+    gives each replica its own shard's gradient, all-reduced explicitly afterwards."""
+    return jax.tree.map(lambda a: jax.lax.pcast(a, AXIS, to="varying"), tree)
+
+
+def run_case(case: Case) -> tuple[dict, dict]:
+    """Every quantity of the replica case (replicas.result_keys), and the run's info."""
+    engine = Engine(case)
+    out: dict[str, np.ndarray] = {}
+    x, y, q, names = case.x, case.y, case.quantities, stage_names(case.config)
+    if "eval" in q:
+        stages, out["loss/eval"] = engine.eval_stages(x, y)
+        out.update({f"eval/{k}": stages[k] for k in names})
+    spread = None
+    if {"train", "grad", "step"} & set(q):
+        engine.prepare_training()  # one compiled step serves all three
+        stages, loss, grad_x, grads = engine.train_pass(x, y)
+        if "train" in q:
+            out.update({f"train/{k}": stages[k] for k in names})
+            out["loss/train"] = loss
+        if "grad" in q:
+            out["train_grad/input"] = grad_x
+            out.update({f"train_grad/{n}": grads[n] for n in trainable_names(case.config)})
+    if "step" in q:
+        states, spread = engine.sgd_steps()
+        out.update({f"step/{s.name}": states[0][s.name] for s in param_specs(case.config)})
+        for r in range(1, engine.replicas):
+            out.update({f"step/replica{r}/{n}": states[r][n] for n in running_names(case.config)})
+    info = {
+        "engine": "jax.shard_map over a Mesh",
+        "backend": jax.default_backend(),
+        "collectives": (
+            jax.config.jax_cpu_collectives_implementation
+            if jax.process_count() > 1
+            else "in-process"
+        ),
+        "replicas": engine.replicas,
+        "processes": jax.process_count(),
+        "bn_sync": engine.bn_sync,
+        "buffers": engine.buffers,
+        "broadcast_buffers": engine.buffers == "broadcast",
+        "parameter_spread": spread,  # max |param(replica r) - param(replica 0)| after the steps
+        "memory_efficient": case.memory_efficient,
+        "variant": case.variant,
+        "device": case.device,
+        "devices": [str(d) for d in engine.mesh.devices.flat],
+        "dtype": case.dtype,
+        "x64": bool(jax.config.jax_enable_x64),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
+        "python": platform.python_version(),
+    }
+    return out, info
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m densenet_jax.distributed")
+    parser.add_argument("case_dir")
+    parser.add_argument("out")
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--process-id", type=int, default=0)
+    parser.add_argument("--coordinator", default="", help="HOST:PORT of process 0")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    case = read_case(args.case_dir)
+    try:
+        configure(case, args.processes, args.process_id, args.coordinator)
+        start = time.perf_counter()
+        results, info = run_case(case)
+    except DenseNetError as e:  # a named refusal: its message, exit 2 (densenet_spec.worker)
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    if jax.process_index() == 0:
+        info["seconds"] = round(time.perf_counter() - start, 3)
+        results = {k: np.asarray(v, dtype=case.dtype) for k, v in results.items()}
+        check_results(case, results)
+        write_results(args.out, results, info)
+    if args.processes > 1:
+        jax.distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
