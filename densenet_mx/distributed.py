@@ -21,6 +21,12 @@ by sync_batchnorm.SyncBatchNorm (MXNet's contrib SyncBatchNorm refuses float64),
 the contexts (AllSum) or over the dist_sync workers (ProcessAllSum). Buffers: each replica holds
 its own running statistics; "broadcast" copies replica 0's to every replica before each step
 (torch DDP's default), "local" leaves them. What the results hold: densenet_spec/replicas.py.
+
+Training (densenet-train --replicas R, densenet_spec.training): ReplicaAdapter runs the job's
+loop on the one-process engine (LocalEngine, kvstore "device"): whole batches in, each
+train_step one data-parallel step of the R contexts, exactly the "step" quantity's loop of
+run_parts. No processes to launch, so no launch_training: densenet_spec.training runs run_job
+with ReplicaAdapter in the worker process itself.
 """
 
 from __future__ import annotations
@@ -40,12 +46,13 @@ import numpy as np
 from mxnet import autograd, gluon, nd
 
 from densenet_mx import train
-from densenet_mx.adapter import environment
+from densenet_mx.adapter import Adapter, environment
 from densenet_mx.canonical import parameters
+from densenet_mx.inputs import check_batch
 from densenet_mx.memory_efficient import UNAVAILABLE
 from densenet_mx.model import DenseNet
 from densenet_mx.running_stats import RunningStatsCorrection, scale_in_one_call
-from densenet_mx.sgd import SpecSGD
+from densenet_mx.sgd import SpecSGD, load_spec_buffers, spec_buffers
 from densenet_mx.sync_batchnorm import AllSum, ProcessAllSum, use_sync_batch_norm
 from densenet_mx.variants import FAST_HYBRIDIZE
 from densenet_mx.weights import from_canonical
@@ -57,6 +64,7 @@ from densenet_spec.replicas import check_results, replica_options, result_keys, 
 KVSTORES = ("device", "local", "dist_sync")
 KILL_GRACE_S = 5
 GATHER_KEY = 1 << 20  # dist_sync keys of the exact all-gathers (the Trainer holds none)
+TRAINING_BARRIER_TIMEOUT_S = 600.0  # a synchronised BatchNorm's wait for the other replicas
 
 
 def kvstore_kind(case: Case) -> str:
@@ -116,11 +124,13 @@ class Replicas:
         self.hybridize = not sync and bool(case.options.get("hybridize", True))
         model.hybridize(self.hybridize, **(FAST_HYBRIDIZE if fast and self.hybridize else {}))
         self.model = model
-        self.params = parameters(model)
+        with ctxs[0]:  # Parameter.data() without a context reads the current context's copy
+            self.params = parameters(model)
         self.trainable = [self.params[n] for n in trainable_names(case.config)]
 
     def reload(self) -> None:
-        from_canonical(self.model, self.case.params)  # every context's copy
+        with self.ctxs[0]:  # as in __init__ (a GPU replica set holds no cpu(0) copy)
+            from_canonical(self.model, self.case.params)  # every context's copy
 
     def each(self, fn) -> list:
         """fn(i) for every local replica i: in lockstep threads when BatchNorm is synchronised."""
@@ -175,6 +185,19 @@ class Replicas:
         return {n: p.data(self.ctxs[i]).asnumpy() for n, p in self.params.items()}
 
 
+class KVStoreSGD(SpecSGD):
+    """SpecSGD updating on the kvstore's copy of each weight (update_on_kvstore). A slot that
+    load_buffers made before the first step sits on the Parameter's first context; the first
+    update moves it to the context of the copy it updates (a device kvstore over GPUs keeps each
+    key on one of them)."""
+
+    def create_state(self, index, weight):
+        slot = self.slots.get(index)
+        if slot is not None and slot.context != weight.context:
+            self.slots[index] = slot.as_in_context(weight.context)
+        return super().create_state(index, weight)
+
+
 class LocalEngine:
     """kvstore "device" / "local": every replica in this process."""
 
@@ -201,7 +224,7 @@ class LocalEngine:
 
     def make_trainer(self) -> gluon.Trainer:
         sgd = self.rep.case.sgd
-        optimizer = SpecSGD(momentum=sgd.momentum, learning_rate=sgd.lr, wd=sgd.weight_decay)
+        optimizer = KVStoreSGD(momentum=sgd.momentum, learning_rate=sgd.lr, wd=sgd.weight_decay)
         # The update runs once, on the kvstore's copy (SpecSGD keeps one slot per parameter).
         return gluon.Trainer(
             self.rep.trainable, optimizer, kvstore=self.kind, update_on_kvstore=True
@@ -397,6 +420,77 @@ def compute(case: Case, make_engine) -> tuple[dict | None, dict]:
     results = combine(case, parts)
     check_results(case, results)
     return results, info
+
+
+class ReplicaAdapter(Adapter):
+    """densenet_spec.training's adapter for a data-parallel training job (densenet-train
+    --replicas R): the adapter protocol over whole batches on LocalEngine (one process, R
+    contexts, kvstore "device" unless the case option "kvstore" says "local").
+
+    train_step is one step of run_parts' "step" loop: replica 0's running statistics copied to
+    every replica ("broadcast"), each replica's forward and backward on its shard (equal
+    contiguous parts, replica r the r-th), the kvstore's sum of the gradients, rescaled by 1 / R,
+    one SpecSGD update on the kvstore's copy, which every context then holds. The loss returned
+    is the mean of the replicas' shard losses. Parameters and momentum buffers are the same on
+    every replica, so to_canonical and optimizer_state are replica 0's (its running statistics
+    with them), and load_optimizer_state loads the one slot per parameter that every replica's
+    update reads. predict runs replica 0 alone: eval mode is per image.
+    """
+
+    def __init__(self, case: Case):
+        super().__init__(case)  # environment(): before any operator runs
+        if kvstore_kind(case) == "dist_sync":
+            raise UsageError(
+                "mx: data-parallel training runs the one-process engine (kvstore device or "
+                "local), not dist_sync"
+            )
+        self.engine = LocalEngine(case, TRAINING_BARRIER_TIMEOUT_S)
+        self.rep = self.engine.rep
+        self.ctx = self.rep.ctxs[0]  # images(), labels() and predict() on replica 0's context
+        self.info |= {
+            "engine": "mxnet gluon.Trainer over a kvstore, one process",
+            "update": "on the kvstore (update_on_kvstore)",
+            "kvstore": self.engine.kind,
+            "replicas": self.rep.world,
+            "bn_sync": self.rep.bn_sync,
+            "buffers": self.rep.buffers,
+            "batch_norm": "sync_batchnorm.SyncBatchNorm"
+            if self.rep.allsum
+            else "gluon.nn.BatchNorm",
+            "hybridize": self.rep.hybridize,
+            "contexts": [str(c) for c in self.rep.ctxs],
+        }
+
+    def build(self) -> DenseNet:
+        self.rep.reload()  # the case's weights and running statistics, on every context
+        return self.rep.model
+
+    def make_optimizer(self, model: DenseNet) -> gluon.Trainer:
+        return self.engine.make_trainer()
+
+    def train_step(self, model: DenseNet, optimizer: gluon.Trainer, x, y) -> nd.NDArray:
+        rep = self.rep
+        check_batch(model, x, y, training=True)  # named errors before any state changes
+        if x.shape[0] % rep.world:
+            raise UsageError(
+                f"--replicas {rep.world}: the batch of {x.shape[0]} must split into equal shards"
+            )
+        if rep.buffers == "broadcast":
+            self.engine.broadcast_running()
+        losses, _ = rep.forward_backward(x.asnumpy(), y.asnumpy())
+        self.engine.step(optimizer)
+        return nd.add_n(*(loss.as_in_context(self.ctx) for loss in losses)) / rep.world
+
+    def to_canonical(self, model: DenseNet) -> dict[str, np.ndarray]:
+        return self.rep.state(0)
+
+    def optimizer_state(self, model: DenseNet, optimizer: gluon.Trainer) -> dict[str, np.ndarray]:
+        with self.ctx:  # Parameter.data() without a context reads the current one's copy
+            return spec_buffers(model, optimizer)
+
+    def load_optimizer_state(self, model: DenseNet, optimizer: gluon.Trainer, buffers) -> None:
+        with self.ctx:
+            load_spec_buffers(model, optimizer, buffers)  # checks the buffers first
 
 
 def free_port() -> int:

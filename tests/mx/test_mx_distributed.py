@@ -1,5 +1,6 @@
 """MXNet data-parallel (issue 20): SyncBatchNorm over contexts, the kvstore engines in one
-process ("device", "local"), and dist_sync workers launched on loopback, against the oracle."""
+process ("device", "local"), and dist_sync workers launched on loopback, against the oracle;
+ReplicaAdapter (densenet-train --replicas) against reference.replica_sgd_step, and its resume."""
 
 import dataclasses
 import subprocess
@@ -12,7 +13,7 @@ from mxnet.gluon import nn
 
 from densenet_mx import distributed
 from densenet_mx.sync_batchnorm import AllSum, SyncBatchNorm
-from densenet_spec import replicas
+from densenet_spec import reference, replicas
 from densenet_spec.case import make_case, read_results, write_case
 from densenet_spec.compare import assert_close, rel_errors
 from densenet_spec.config import get_preset
@@ -158,3 +159,68 @@ def test_refusals_are_named(tmp_path):
     case = replica_case("per-replica", kvstore="nccl")
     with pytest.raises(UsageError, match="kvstore 'nccl'"):
         distributed.check_case(case)
+
+
+def training_case(bn_sync):
+    base = make_case(get_preset("tiny"), batch=4, image_size=16, steps=3, quantities=("step",))
+    return replicas.replica_case(base, 2, bn_sync, "broadcast")
+
+
+def adapter_steps(case, steps, buffers=None):
+    """ReplicaAdapter as densenet_spec.training.run_job drives it: (state, buffers, losses)."""
+    adapter = distributed.ReplicaAdapter(case)
+    model = adapter.build()
+    optimizer = adapter.make_optimizer(model)
+    if buffers is not None:
+        adapter.load_optimizer_state(model, optimizer, buffers)
+    losses = []
+    for k in steps:
+        x, y = adapter.images(case.step_x[k]), adapter.labels(case.step_y[k])
+        loss = adapter.train_step(model, optimizer, x, y)
+        losses.append(float(adapter.to_numpy(loss).reshape(())))
+    return adapter.to_canonical(model), adapter.optimizer_state(model, optimizer), losses
+
+
+def worst_relative(got: dict, want: dict) -> float:
+    assert sorted(got) == sorted(want)
+    return max(
+        float(np.max(np.abs(got[k] - want[k])) / max(np.max(np.abs(want[k])), 1e-300)) for k in want
+    )
+
+
+@pytest.mark.parametrize("bn_sync", replicas.BN_SYNC)
+def test_replica_adapter_steps_like_the_oracle(bn_sync):
+    """Three data-parallel train steps (float64, 2 contexts): replica 0's parameters and running
+    statistics, the momentum buffers and every step's loss (the mean of the shard losses) are
+    reference.replica_sgd_step's within 1e-10."""
+    case = training_case(bn_sync)
+    state, buffers, losses = adapter_steps(case, range(3))
+    states, momentum, want_losses = [dict(case.params)] * 2, {}, []
+    for k in range(3):
+        states, momentum, loss = reference.replica_sgd_step(
+            states, momentum, case.config, case.step_x[k], case.step_y[k], case.sgd, 2,
+            bn_sync, "broadcast",
+        )  # fmt: skip
+        want_losses.append(loss)
+    assert worst_relative(state, states[0]) < 1e-10
+    assert worst_relative(buffers, momentum) < 1e-10
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_replica_adapter_resumes_from_its_optimizer_state(monkeypatch, first):
+    """optimizer_state after 2 steps, loaded with those weights into a fresh ReplicaAdapter:
+    its third step is the uninterrupted run's, bit for bit. first=1: the replicas on cpu(1) and
+    cpu(2), as GPU replicas hold no cpu(0) copy (Parameter.data() without a context reads the
+    current context's) and the loaded slots move to the kvstore's context (KVStoreSGD)."""
+    monkeypatch.setattr(distributed, "contexts", lambda _, n: [mx.cpu(first + r) for r in range(n)])
+    case = training_case("per-replica")
+    state, buffers, losses = adapter_steps(case, range(3))
+    state2, buffers2, _ = adapter_steps(case, range(2))
+    resumed = dataclasses.replace(case, params=state2)
+    state3, buffers3, losses3 = adapter_steps(resumed, [2], buffers2)
+    assert losses3 == losses[2:]
+    for got, want in ((state3, state), (buffers3, buffers)):
+        assert sorted(got) == sorted(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
