@@ -1,0 +1,428 @@
+"""Data-parallel DenseNet on TensorFlow's own engine, tf.distribute (issue 20).
+
+    <env python> -m densenet_spec.distributed densenet_tf <case folder> <result file>
+
+calls launch(), which runs main() below in fresh processes (bounded by the timeout, all killed
+on failure). Two engines, picked by launch(engine=) or DENSENET_TF_DISTRIBUTE (the harness's way):
+
+    mirrored (default)  one process, MirroredStrategy over R logical CPU devices (or R GPUs);
+                        logical devices exist only if set before the runtime starts, hence
+                        the fresh process
+    multi-worker        R processes on 127.0.0.1, one replica each, MultiWorkerMirroredStrategy
+                        from each one's TF_CONFIG (several hosts: docs/data_parallel.md)
+
+"synchronised" BatchNorm is sync_batchnorm.SyncBatchNormalization; "per-replica" the plain
+model. Each replica's gradient (plus the coupled weight decay, as train.py) is divided by R and
+Keras's optimizer all-reduces it as a sum: the mean.
+
+Running statistics: Keras 3 creates them with aggregation "none", so under a strategy they are
+MirroredVariables (ON_WRITE, aggregation NONE) with one component per replica; an assign in
+replica context writes the replica's own component only, so each replica's statistics follow
+its shard (the "local" policy) and a cross-replica read sees replica 0's. "broadcast" (torch
+DDP's default) copies replica 0's into every replica's before each step (an all-gather, exact).
+Results and their comparison: densenet_spec/replicas.py.
+"""
+
+from __future__ import annotations
+
+# isort: off
+from densenet_tf import precision  # noqa: F401  first: sets TF_ENABLE_ONEDNN_OPTS before TF starts
+
+# isort: on
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from densenet_spec.case import Case, read_case, write_results
+from densenet_spec.errors import DeviceUnavailableError, UsageError
+from densenet_spec.params import param_specs, trainable_names
+from densenet_spec.replicas import check_results, replica_options, running_names
+from densenet_tf import train
+from densenet_tf.adapter import environment
+from densenet_tf.canonical import named_variables, to_canonical_array
+from densenet_tf.layers import DenseBlock
+from densenet_tf.memory_efficient import MemoryEfficientDenseBlock
+from densenet_tf.model import DenseNet
+from densenet_tf.sync_batchnorm import sync_batch_norm
+from densenet_tf.weights import from_canonical
+
+ENGINES = ("mirrored", "multi-worker")
+ENGINE_ENV = "DENSENET_TF_DISTRIBUTE"
+KILL_GRACE_S = 5
+POLL_S = 0.2
+SUM, MEAN = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher (no TensorFlow computation in this process)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on the loopback interface now (one per worker)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_config(ports: list[int], index: int, host: str = "127.0.0.1") -> str:
+    """The TF_CONFIG of worker `index` in a cluster of one worker per port on `host`."""
+    cluster = {"worker": [f"{host}:{port}" for port in ports]}
+    return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+
+
+def launch_commands(
+    case_dir, out, replicas: int, engine: str, device: str = "cpu"
+) -> list[tuple[list[str], dict]]:
+    """(command, extra environment) of every process the engine needs on this machine.
+
+    A multi-worker GPU case gives worker r GPU r only; a CPU case hides the GPUs (a worker
+    would otherwise take every GPU it sees as a replica)."""
+    if engine not in ENGINES:
+        raise UsageError(f"{ENGINE_ENV}={engine!r}: one of {', '.join(ENGINES)}")
+    cmd = [sys.executable, "-m", "densenet_tf.distributed", str(case_dir), str(out)]
+    if engine == "mirrored":
+        return [(cmd, {})]
+    ports = free_ports(replicas)
+    return [
+        (
+            cmd,
+            {
+                "TF_CONFIG": tf_config(ports, r),
+                "CUDA_VISIBLE_DEVICES": str(r) if device == "gpu" else "-1",
+            },
+        )
+        for r in range(replicas)
+    ]
+
+
+def launch(case_dir, out, *, timeout: float, engine: str | None = None) -> None:
+    """Run the case's R replicas on `engine` (default: $DENSENET_TF_DISTRIBUTE, else
+    "mirrored"); raise on failure or timeout, every process killed."""
+    engine = engine or os.environ.get(ENGINE_ENV) or "mirrored"
+    case = read_case(case_dir)
+    replicas, _, _ = replica_options(case)
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    env.pop("TF_CONFIG", None)
+    procs: list[subprocess.Popen] = []
+    try:
+        for cmd, extra in launch_commands(case_dir, out, replicas, engine, case.device):
+            procs.append(subprocess.Popen(cmd, env={**env, **extra}, start_new_session=True))
+        deadline = time.monotonic() + timeout
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                raise RuntimeError(
+                    f"tf {engine}: process {failed[0][0]} of {len(procs)} exited {failed[0][1]}"
+                )
+            if all(c == 0 for c in codes):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tf {engine}: not done after {timeout:g} s")
+            time.sleep(POLL_S)
+    except BaseException:
+        for p in procs:
+            _kill_group(p)
+        raise
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process's group (its own session), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker: one process of either engine
+
+
+def make_strategy(device: str, replicas: int) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy where TF_CONFIG is set, else MirroredStrategy over R devices.
+
+    Must run before anything starts TensorFlow's runtime (logical devices, collectives)."""
+    if os.environ.get("TF_CONFIG"):
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif device == "gpu":
+        gpus = tf.config.list_physical_devices("GPU")
+        if len(gpus) < replicas:
+            raise DeviceUnavailableError(
+                f"tf: {replicas} replicas need {replicas} GPUs, this machine has {len(gpus)}"
+            )
+        strategy = tf.distribute.MirroredStrategy([f"/GPU:{i}" for i in range(replicas)])
+    else:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        logical = [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)]
+        tf.config.set_logical_device_configuration(cpu, logical)
+        strategy = tf.distribute.MirroredStrategy(
+            [d.name for d in tf.config.list_logical_devices("CPU")]
+        )
+    if strategy.num_replicas_in_sync != replicas:
+        raise RuntimeError(
+            f"the case asks for {replicas} replicas, {type(strategy).__name__} has "
+            f"{strategy.num_replicas_in_sync}"
+        )
+    return strategy
+
+
+def canonical(value) -> np.ndarray:
+    """A stage output (NHWC) in the canonical layout (NCHW); other ranks unchanged."""
+    v = np.asarray(value)
+    return np.ascontiguousarray(v.transpose(0, 3, 1, 2)) if v.ndim == 4 else v
+
+
+class Replicas:
+    """The case on the strategy's replicas: shards, model builder, gathering."""
+
+    def __init__(self, case: Case, strategy: tf.distribute.Strategy):
+        self.case, self.strategy = case, strategy
+        self.replicas, self.bn_sync, self.buffers = replica_options(case)
+        self.model: DenseNet | None = None  # the latest built, for the info
+
+    def distribute(self, a: np.ndarray):
+        """Replica r gets the r-th equal contiguous shard of `a` (on its own device)."""
+        n = len(a) // self.replicas
+
+        def shard(context):
+            r = context.replica_id_in_sync_group
+            return tf.constant(np.ascontiguousarray(a[r * n : (r + 1) * n]))
+
+        return self.strategy.experimental_distribute_values_from_function(shard)
+
+    def images(self, x: np.ndarray):
+        return self.distribute(np.moveaxis(np.asarray(x), -3, -1))  # NCHW -> NHWC
+
+    def build(self) -> DenseNet:
+        c = self.case
+        norm = {"norm_layer": sync_batch_norm} if self.bn_sync == "synchronised" else {}
+        block = MemoryEfficientDenseBlock if c.memory_efficient else DenseBlock
+        with self.strategy.scope():
+            model = DenseNet(c.config, dense_block=block, **norm)
+            from_canonical(model, c.params)  # cross-replica assign: every replica's copy
+        model.jit_compile = False
+        self.model = model
+        return model
+
+    def first(self, value):
+        """A nest of per-replica values as NumPy: this worker's first replica's (replica 0 on
+        worker 0; all-reduced and all-gathered values are the same on every replica)."""
+        local = self.strategy.experimental_local_results
+        return tf.nest.map_structure(lambda v: local(v)[0].numpy(), value)
+
+
+def run_quantities(rep: Replicas) -> tuple[dict, dict]:
+    """Every result key of the case; the parameter spread after the steps (or None)."""
+    case, q = rep.case, rep.case.quantities
+    x, y = rep.images(case.x), rep.distribute(np.asarray(case.y))
+    out: dict[str, np.ndarray] = {}
+    if "eval" in q:
+        outputs, loss, _ = forward_backward(rep, x, y, training=False)
+        out.update({f"eval/{k}": canonical(v) for k, v in outputs.items()})
+        out["loss/eval"] = np.reshape(loss, (1,))
+    if "train" in q or "grad" in q:  # one train-mode pass: its stages, loss and gradients
+        outputs, loss, grads = forward_backward(rep, x, y, training=True)
+        if "train" in q:
+            out.update({f"train/{k}": canonical(v) for k, v in outputs.items()})
+            out["loss/train"] = np.reshape(loss, (1,))
+        if "grad" in q:
+            out["train_grad/input"] = canonical(grads.pop("input"))
+            out.update({f"train_grad/{n}": to_canonical_array(g) for n, g in grads.items()})
+    spread = None
+    if "step" in q:
+        states = run_steps(rep)
+        out.update({f"step/{s.name}": states[s.name][0] for s in param_specs(case.config)})
+        for r in range(1, rep.replicas):
+            out.update({f"step/replica{r}/{n}": states[n][r] for n in running_names(case.config)})
+        spread = max(
+            float(np.max(np.abs(states[n] - states[n][:1]))) for n in trainable_names(case.config)
+        )
+    return out, {"parameter_spread": spread}
+
+
+def forward_backward(rep: Replicas, x, y, training: bool) -> tuple[dict, np.ndarray, dict]:
+    """A fresh model's pass over the replicas' shards: (every stage's output, shards
+    concatenated; the mean of the shard losses; in train mode the gradients: "input" each
+    replica's input gradient / R, concatenated, and by canonical name the reduced gradient)."""
+    model, R = rep.build(), rep.replicas
+    named = {n: v for n, v in named_variables(model).items() if v.trainable}
+
+    @tf.function(autograph=False)
+    def run(x, y):
+        def replica(x, y):
+            context = tf.distribute.get_replica_context()
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                outputs = model.stage_outputs(x, training=training)
+                loss = train.loss_fn(outputs["logits"], y)
+            mean_loss = context.all_reduce(MEAN, loss)
+            if not training:
+                return all_gather(context, outputs), mean_loss, {}
+            grad_x, grads = tape.gradient(loss, (x, list(named.values())))
+            # the optimizer's reduction (run_steps): a sum of each replica's gradient / R
+            grads = dict(zip(named, context.all_reduce(SUM, [g / R for g in grads])))
+            gathered = all_gather(context, {**outputs, "input": grad_x / R})
+            return gathered, mean_loss, grads
+
+        return rep.strategy.run(replica, args=(x, y))
+
+    gathered, loss, grads = rep.first(run(x, y))
+    gathered = {k: np.concatenate(v) for k, v in gathered.items()}  # shards in replica order
+    return gathered, loss, {**grads, **({"input": gathered.pop("input")} if training else {})}
+
+
+def run_steps(rep: Replicas) -> dict[str, np.ndarray]:
+    """case.steps data-parallel SGD steps; {canonical name: every replica's value, stacked}."""
+    case, strategy, R = rep.case, rep.strategy, rep.replicas
+    model = rep.build()
+    with strategy.scope():
+        optimizer = train.make_optimizer(model, case.sgd)
+    named = named_variables(model)
+    running = [named[n] for n in running_names(case.config)]
+
+    @tf.function(autograph=False)
+    def broadcast():
+        """Replica 0's running statistics into every replica's (the "broadcast" policy)."""
+
+        def replica():
+            context = tf.distribute.get_replica_context()
+            for v, values in zip(running, all_gather(context, running)):
+                v.assign(values[0])
+
+        strategy.run(replica)
+
+    @tf.function(autograph=False)
+    def step(x, y):
+        def replica(x, y):
+            with tf.GradientTape() as tape:
+                loss = train.loss_fn(model(x, training=True), y)
+            variables = model.trainable_variables
+            grads = tape.gradient(loss, variables)
+            with tf.control_dependencies([tf.group(grads)]):  # as train._train_step
+                wd = optimizer.coupled_weight_decay
+                # Keras's optimizer all-reduces the gradients as a sum: / R makes it the mean
+                grads = [(g + wd * v) / R for g, v in zip(grads, variables)]
+                optimizer.apply_gradients(zip(grads, variables))
+            return loss
+
+        return strategy.run(replica, args=(x, y))
+
+    @tf.function(autograph=False)
+    def snapshot():
+        def replica():
+            return all_gather(tf.distribute.get_replica_context(), list(named.values()))
+
+        return strategy.run(replica)
+
+    for k in range(case.steps):
+        if rep.buffers == "broadcast":
+            broadcast()
+        step(rep.images(case.step_x[k]), rep.distribute(np.asarray(case.step_y[k])))
+    values = rep.first(snapshot())
+    return {n: to_canonical_stack(v) for n, v in zip(named, values)}
+
+
+def all_gather(context: tf.distribute.ReplicaContext, values):
+    """Every replica's tensors of the nest `values` (all of one dtype), each stacked on a new
+    axis 0 in replica order. One all-gather of the flattened concatenation: a copy, exact, and
+    one collective instead of one per tensor."""
+    tensors = [tf.convert_to_tensor(v) for v in tf.nest.flatten(values)]
+    flat = tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+    stacked = context.all_gather(tf.expand_dims(flat, 0), axis=0)  # (R, total)
+    sizes = [t.shape.num_elements() for t in tensors]
+    parts = [
+        tf.reshape(p, [-1, *t.shape]) for p, t in zip(tf.split(stacked, sizes, axis=1), tensors)
+    ]
+    return tf.nest.pack_sequence_as(values, parts)
+
+
+def to_canonical_stack(stacked: np.ndarray) -> np.ndarray:
+    """(R, *Keras shape) -> (R, *canonical shape)."""
+    return np.stack([to_canonical_array(v) for v in stacked])
+
+
+def describe(strategy: tf.distribute.Strategy, model_variable) -> dict:
+    """What the info records of the engine and of one running statistic's variable."""
+    multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    cluster = json.loads(os.environ["TF_CONFIG"])["cluster"] if multi else {}
+    inner = getattr(model_variable, "value", model_variable)
+    return {
+        "engine": "tf.distribute."
+        + ("MultiWorkerMirroredStrategy" if multi else type(strategy).__name__),
+        "backend": "collectives over gRPC (TF_CONFIG)" if multi else "in-process collectives",
+        "workers": len(cluster.get("worker", [])) if multi else 1,
+        "cluster": cluster,
+        "devices": list(strategy.extended.worker_devices),
+        "running_stats_variable": (
+            f"{type(inner).__name__}, synchronization {inner.synchronization.name}, "
+            f"aggregation {inner.aggregation.name}"
+        ),
+    }
+
+
+@tf.function(autograph=False)
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """One all-reduce over every replica."""
+    strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(SUM, tf.ones(())))
+
+
+def worker_index() -> int:
+    config = os.environ.get("TF_CONFIG")
+    return int(json.loads(config)["task"]["index"]) if config else 0
+
+
+def main(argv=None) -> int:
+    case_dir, out = (sys.argv[1:] if argv is None else argv)[:2]
+    case = read_case(case_dir)
+    replicas, bn_sync, buffers = replica_options(case)
+    strategy = make_strategy(case.device, replicas)  # first: before the runtime starts
+    settings = environment(case.device, case.dtype)
+    keras.config.set_dtype_policy(case.dtype)  # every layer and variable in the case's dtype
+    start = time.perf_counter()
+    rep = Replicas(case, strategy)
+    results, extra = run_quantities(rep)
+    model = rep.model or rep.build()
+    info = {
+        **describe(strategy, named_variables(model)[running_names(case.config)[0]]),
+        "replicas": strategy.num_replicas_in_sync,
+        "bn_sync": bn_sync,
+        "buffers": buffers,
+        "broadcast_buffers": buffers == "broadcast",
+        **extra,  # parameter_spread: max |param(replica r) - param(replica 0)| after the steps
+        "memory_efficient": case.memory_efficient,
+        "device": case.device,
+        "dtype": case.dtype,
+        "precision": settings["precision"],
+        "versions": settings["versions"],
+        "python": platform.python_version(),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    if worker_index() == 0:
+        results = {k: np.asarray(v, dtype=case.dtype) for k, v in results.items()}
+        check_results(case, results)
+        write_results(out, results, info)
+    barrier(strategy)  # every worker stays until the results are written
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
