@@ -5,7 +5,8 @@
 For each K: `densenet-parity --data digits --steps K --dtype float32 --quantities step` in every
 framework (d2l, 32 px, batch 8, lr 0.05, seed 0), then one table row per K: the widest and median
 step bound (derived from the oracle's own float32 run over the same K steps against float64) and
-each framework's worst step error against the float64 oracle. Writes DIR/curve.json and
+each framework's worst step error against the float64 oracle, and the worst step difference
+between two frameworks. Writes DIR/curve.json and
 DIR/curve.md (default benchmarks/results/float32-steps).
 """
 
@@ -37,19 +38,32 @@ def run_k(k: int, frameworks: str, folder: Path) -> dict:
         steps = [c for c in p["comparisons"] if c["key"].startswith("step/")]
         worst = max(steps, key=lambda c: c["error"])
         row[p["a"]] = {"worst_error": worst["error"], "key": worst["key"], "ok": p["ok"]}
+    between = [p for p in report["pairs"] if p["b"] != "oracle"]
+    if between:  # framework against framework: how far float32 implementations drift apart
+        worst = max(
+            (c for p in between for c in p["comparisons"] if c["key"].startswith("step/")),
+            key=lambda c: c["error"],
+        )
+        row["between_frameworks"] = {"worst_error": worst["error"], "key": worst["key"]}
+    for name, run in report["frameworks"].items():
+        if not run["ok"]:  # did not run: why, in one line
+            row[name] = {"error": (run["error"].strip().splitlines() or ["?"])[-1][:200]}
     return row
 
 
 def markdown(rows: list[dict], frameworks: list[str]) -> str:
-    head = "| K | verdict | widest bound | median bound | " + " | ".join(frameworks) + " |"
-    lines = [head, "|" + " --- |" * (4 + len(frameworks))]
+    head = "| K | verdict | widest bound | median bound | " + " | ".join(frameworks)
+    lines = [head + " | worst pair |", "|" + " --- |" * (5 + len(frameworks))]
     for r in rows:
-        cells = [f"{r[f]['worst_error']:.1e}" if f in r else "did not run" for f in frameworks]
+        cells = [
+            f"{r[f]['worst_error']:.1e}" if "worst_error" in r.get(f, {}) else "did not run"
+            for f in frameworks
+        ]
         verdict = "OK" if r["ok"] else "FAIL"
         lines.append(
             f"| {r['steps']} | {verdict} | {r['bound_max']:.1e} | {r['bound_median']:.1e} | "
             + " | ".join(cells)
-            + " |"
+            + f" | {r.get('between_frameworks', {}).get('worst_error', float('nan')):.1e} |"
         )
     return "\n".join(lines) + "\n"
 
