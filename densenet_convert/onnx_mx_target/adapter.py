@@ -18,38 +18,26 @@ import platform
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from densenet_convert import onnx_export
-from densenet_convert.errors import ExportTargetError
-from densenet_convert.onnx_target.adapter import cross_entropy
+from densenet_convert.onnx_target.adapter import ExportedModel, check_case
 from densenet_spec.case import Case
 from densenet_spec.frameworks import EXPORT_TARGETS
 
 TARGET = EXPORT_TARGETS["onnx-mx"]
 
 
-def check_case(case: Case) -> None:
-    """ExportTargetError unless the target can run this case (the harness checks it up front)."""
-    problems = TARGET.cannot_run(case.quantities, case.dtype, case.device)
-    if problems:
-        raise ExportTargetError(
-            f"{TARGET.name} cannot run " + "; ".join(problems) + f": {TARGET.why}"
-        )
-
-
-class Adapter:
+class Adapter(ExportedModel):
     """densenet_spec.driver's adapter for the exported model; case.options: "threads"
     (onnxruntime intra-op threads, default 1)."""
 
-    pieces_unavailable = "an exported inference graph computes no gradients"
+    target = TARGET
 
     def __init__(self, case: Case):
         import mxnet
         import onnx
         import onnxruntime
 
-        check_case(case)
+        check_case(case, TARGET)
         self.case = case
         self.threads = int(case.options.get("threads", 1))
         self._session = None
@@ -100,26 +88,3 @@ class Adapter:
             self.info["graph_bytes"] = path.stat().st_size
             self._session = onnx_export.session(path, self.threads)
         return self._session
-
-    def images(self, x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-    def labels(self, y: np.ndarray) -> np.ndarray:
-        return np.asarray(y, dtype=np.int64)
-
-    def stage_outputs(self, session, x: np.ndarray, training: bool) -> dict:
-        if training:
-            raise ExportTargetError(f"{TARGET.name}: the exported graph is eval mode only")
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, {"images": x})))
-
-    def loss(self, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return cross_entropy(logits, y)
-
-    def _no(self, *args, **kwargs):
-        raise ExportTargetError(f"{TARGET.name}: {TARGET.why}")
-
-    gradients = make_optimizer = train_step = to_canonical = _no
-
-    def to_numpy(self, t) -> np.ndarray:
-        return np.asarray(t)

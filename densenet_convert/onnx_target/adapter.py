@@ -25,12 +25,12 @@ from densenet_spec.frameworks import EXPORT_TARGETS
 TARGET = EXPORT_TARGETS["onnx"]
 
 
-def check_case(case: Case) -> None:
+def check_case(case: Case, target=TARGET) -> None:
     """ExportTargetError unless the target can run this case (the harness checks it up front)."""
-    problems = TARGET.cannot_run(case.quantities, case.dtype, case.device)
+    problems = target.cannot_run(case.quantities, case.dtype, case.device)
     if problems:
         raise ExportTargetError(
-            f"{TARGET.name} cannot run " + "; ".join(problems) + f": {TARGET.why}"
+            f"{target.name} cannot run " + "; ".join(problems) + f": {target.why}"
         )
 
 
@@ -41,12 +41,41 @@ def cross_entropy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     return -log_probs[np.arange(len(y)), y].mean(dtype=logits.dtype)
 
 
-class Adapter:
+class ExportedModel:
+    """What every export target's adapter shares: an onnxruntime session from build(), NumPy
+    float32 images and int64 labels in, eval-mode stages out, everything else refused."""
+
+    target = TARGET
+    pieces_unavailable = "an exported inference graph computes no gradients"
+
+    def images(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def labels(self, y: np.ndarray) -> np.ndarray:
+        return np.asarray(y, dtype=np.int64)
+
+    def stage_outputs(self, session, x: np.ndarray, training: bool) -> dict:
+        if training:
+            raise ExportTargetError(f"{self.target.name}: the exported graph is eval mode only")
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, {"images": x})))
+
+    def loss(self, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return cross_entropy(logits, y)
+
+    def _no(self, *args, **kwargs):
+        raise ExportTargetError(f"{self.target.name}: {self.target.why}")
+
+    gradients = make_optimizer = train_step = to_canonical = _no
+
+    def to_numpy(self, t) -> np.ndarray:
+        return np.asarray(t)
+
+
+class Adapter(ExportedModel):
     """densenet_spec.driver's adapter for the exported model; case.options: "threads"
     (onnxruntime intra-op threads, default 1), "onnx_optimize" (torch.onnx's own graph optimizer,
     off by default: it folds conv -> BatchNorm pairs, and check_graph then fails the run)."""
-
-    pieces_unavailable = "an exported inference graph computes no gradients"
 
     def __init__(self, case: Case):
         import onnx
@@ -109,26 +138,3 @@ class Adapter:
             self.info["graph_bytes"] = path.stat().st_size
             self._session = onnx_export.session(path, self.threads)
         return self._session
-
-    def images(self, x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-    def labels(self, y: np.ndarray) -> np.ndarray:
-        return np.asarray(y, dtype=np.int64)
-
-    def stage_outputs(self, session, x: np.ndarray, training: bool) -> dict:
-        if training:
-            raise ExportTargetError(f"{TARGET.name}: the exported graph is eval mode only")
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, {"images": x})))
-
-    def loss(self, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return cross_entropy(logits, y)
-
-    def _no(self, *args, **kwargs):
-        raise ExportTargetError(f"{TARGET.name}: {TARGET.why}")
-
-    gradients = make_optimizer = train_step = to_canonical = _no
-
-    def to_numpy(self, t) -> np.ndarray:
-        return np.asarray(t)
