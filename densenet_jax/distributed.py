@@ -21,11 +21,19 @@ sums over the replica axis; its backward is autodiff through the psum); "per-rep
 plain model. Running statistics are per replica (a leading replica axis, sharded); the case's
 "buffers" option "broadcast" copies replica 0's to every replica before each step (torch DDP's
 default), "local" keeps each replica's own. What the results hold: densenet_spec/replicas.py.
+
+Training (densenet-train --replicas R, densenet_spec/training.py): launch_training starts one
+fresh process (`python -m densenet_jax.distributed train JOB`) with R CPU devices, which runs
+densenet_spec.training.run_job with ReplicaAdapter: the same Engine and its compiled step
+(prepare_training(quantities=False): the loss and the new state only), its state kept as
+global arrays between steps; weights, buffers and predictions are replica 0's. Sharded engine
+only (DENSENET_JAX_ENGINE=processes is refused for training).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import signal
@@ -34,6 +42,7 @@ import subprocess
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import flax
 import jax
@@ -45,14 +54,22 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from densenet_jax import train, xla_cpu
+from densenet_jax.adapter import Adapter
+from densenet_jax.inputs import check_batch, check_input
 from densenet_jax.memory_efficient import MemoryEfficientDenseBlock
 from densenet_jax.model import DenseNet
 from densenet_jax.precision import precision_settings
 from densenet_jax.sync_batchnorm import sync_batch_norm
-from densenet_jax.weights import from_canonical, to_canonical
+from densenet_jax.weights import LEAVES, _nnx_path, from_canonical, to_canonical
 from densenet_spec.case import Case, read_case, write_results
-from densenet_spec.errors import DenseNetError, DeviceUnavailableError
-from densenet_spec.params import param_specs, stage_names, trainable_names
+from densenet_spec.config import check_input_shape
+from densenet_spec.errors import (
+    DenseNetError,
+    DeviceUnavailableError,
+    OptimizerStateError,
+    UsageError,
+)
+from densenet_spec.params import check_momentum_buffers, param_specs, stage_names, trainable_names
 from densenet_spec.replicas import check_results, replica_options, running_names
 
 AXIS = "data"
@@ -64,6 +81,19 @@ POLL_S = 0.2
 
 class UnsupportedReplicaCase(DenseNetError):
     """A replica case this engine does not run."""
+
+
+class TrainingRefused(DenseNetError):
+    """launch_training's process stopped with a named error (printed on its stderr)."""
+
+
+class ProcessFailed(RuntimeError):
+    """A data-parallel process exited non-zero (`code`: its exit status; 2 is a named refusal,
+    its message on the process's stderr)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 def free_port() -> int:
@@ -102,6 +132,29 @@ def launch(case_dir, out, *, timeout: float, engine: str | None = None) -> None:
     run_processes(commands, env, timeout)
 
 
+def launch_training(job_dir, *, timeout: float) -> None:
+    """densenet-train --replicas R (densenet_spec.training.main calls it): the job in a fresh
+    process with R devices (their number is fixed when JAX's backend starts), running
+    densenet_spec.training.run_job with ReplicaAdapter on the sharded engine. The environment
+    (XLA_FLAGS: the JAX env's parity flags) passes on. Raise on failure or timeout."""
+    engine = os.environ.get(ENGINE_ENV, "sharded")
+    if engine != "sharded":
+        raise UnsupportedReplicaCase(
+            f"{ENGINE_ENV}={engine!r}: densenet-train --replicas runs on the sharded engine only"
+        )
+    job = json.loads((Path(job_dir) / "job.json").read_text())
+    env = dict(os.environ)
+    if job["device"] == "cpu":  # no accelerator plugin may claim the devices
+        env.setdefault("JAX_PLATFORMS", "cpu")
+    cmd = [sys.executable, "-m", "densenet_jax.distributed", "train", str(job_dir)]
+    try:
+        run_processes([cmd], env, timeout)
+    except ProcessFailed as e:
+        if e.code == 2:  # a named refusal (its message above): exit 2 here too
+            raise TrainingRefused(f"the training process refused the job ({e})") from None
+        raise
+
+
 def run_processes(commands: list[list[str]], env: dict, timeout: float) -> None:
     """Start every command in its own session; wait for all. The first failure, the timeout or
     an interrupt kills every process group (SIGTERM, then SIGKILL)."""
@@ -115,7 +168,7 @@ def run_processes(commands: list[list[str]], env: dict, timeout: float) -> None:
             failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
             if failed:
                 i, code = failed[0]
-                raise RuntimeError(f"jax data-parallel process {i} exited {code}")
+                raise ProcessFailed(f"jax data-parallel process {i} exited {code}", code)
             if all(c == 0 for c in codes):
                 return
             if time.monotonic() > deadline:
@@ -240,12 +293,16 @@ class Engine:
         stages = self.replicated(stages)
         return {k: self.features(v) for k, v in stages.items()}, self.host(loss).reshape(1)
 
-    def prepare_training(self) -> None:
+    def prepare_training(self, quantities: bool = True) -> None:
         """Compile the data-parallel train step and set up its state (replicated parameters and
-        optimizer state, per-replica running statistics with a leading replica axis)."""
+        optimizer state, per-replica running statistics with a leading replica axis).
+
+        self.step(state, x, y) with quantities: (stages, mean shard loss, d L_dp / d x, the
+        all-reduced gradients, the new state); without (ReplicaAdapter's training step): (mean
+        shard loss, the new state)."""
         replicas, broadcast = self.replicas, self.buffers == "broadcast"
         graphdef, params, stats = self.split(training=True)
-        tx = train.make_optimizer(self.model, self.case.sgd).tx
+        self.tx = tx = train.make_optimizer(self.model, self.case.sgd).tx
 
         def body(params, opt_state, stats, x, y):
             """One replica's step: its shard's train-mode stages, the mean shard loss, its
@@ -260,20 +317,23 @@ class Engine:
                 loss = train.loss_fn(stages["logits"], y)
                 return loss, (stages, nnx.state(model, nnx.BatchStat))
 
-            grad_fn = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)
-            (loss, (stages, stats)), (grads, grad_x) = grad_fn(per_replica(params), x)
+            argnums = (0, 1) if quantities else 0
+            grad_fn = jax.value_and_grad(loss_of, argnums=argnums, has_aux=True)
+            (loss, (stages, stats)), grads = grad_fn(per_replica(params), x)
+            grads, grad_x = grads if quantities else (grads, None)
             grads = jax.lax.pmean(grads, AXIS)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = jax.tree.map(lambda p, u: p + u, params, updates)  # optax.apply_updates
             stats = jax.tree.map(lambda s: s[None], stats)
             loss = jax.lax.pmean(loss, AXIS)
+            if not quantities:
+                return loss, (params, opt_state, stats)
             return stages, loss, grad_x / replicas, grads, (params, opt_state, stats)
 
         specs = (P(), P(), P(AXIS))  # parameters, optimizer state, running statistics
+        out_specs = (P(AXIS), P(), P(AXIS), P(), specs) if quantities else (P(), specs)
         self.step = self.shard_map(
-            lambda state, x, y: body(*state, x, y),
-            (specs, P(AXIS), P(AXIS)),
-            (P(AXIS), P(), P(AXIS), P(), specs),
+            lambda state, x, y: body(*state, x, y), (specs, P(AXIS), P(AXIS)), out_specs
         )
         stacked = jax.tree.map(lambda s: np.stack([np.asarray(s)] * replicas), stats)
         self.initial = (*self.put((params, tx.init(params)), P()), self.put(stacked, P(AXIS)))
@@ -369,14 +429,188 @@ def run_case(case: Case) -> tuple[dict, dict]:
     return out, info
 
 
+class ReplicaModel:
+    """What ReplicaAdapter.build gives densenet_spec.training: the replicas' state as global
+    arrays on the mesh, the parameters replicated and the running statistics with a leading
+    replica axis (sharded), as Engine.step takes them."""
+
+    def __init__(self, params, stats):
+        self.params, self.stats = params, stats
+        self.replica0 = None  # device 0's copy of replica 0's (params, stats), for predict
+
+
+class ReplicaOptimizer:
+    """train.make_optimizer's optax state, replicated on the mesh (Engine.step's)."""
+
+    def __init__(self, state):
+        self.state = state
+
+
+class ReplicaAdapter(Adapter):
+    """densenet_spec.training's adapter for a data-parallel job on the sharded engine: whole
+    batches in, each train_step one Engine.step of R replicas (shards: equal contiguous parts,
+    gradients pmean'd, train.make_optimizer's SGD on every replica), the mean of the replicas'
+    shard losses out. predict, to_canonical and optimizer_state are replica 0's; the momentum
+    buffers and the rate are one replicated state, so loading or setting them holds for every
+    replica. The process needs R devices of case.device before JAX's backend starts
+    (launch_training starts it so)."""
+
+    def __init__(self, case: Case):
+        super().__init__(case)  # the precision settings (x64) before any array is made
+        self.engine = Engine(case)
+        self.engine.prepare_training(quantities=False)
+        self.writes = True  # one process writes (launch_training starts one)
+        self.eval_fn = None
+        self.info |= {
+            "engine": "jax.shard_map over a Mesh",
+            "replicas": self.engine.replicas,
+            "bn_sync": self.engine.bn_sync,
+            "buffers": self.engine.buffers,
+            "devices": [str(d) for d in self.engine.mesh.devices.flat],
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        }
+
+    def build(self) -> ReplicaModel:
+        params, _, stats = self.engine.initial
+        return ReplicaModel(params, stats)
+
+    def make_optimizer(self, model: ReplicaModel) -> ReplicaOptimizer:
+        return ReplicaOptimizer(self.engine.initial[1])
+
+    def images(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))  # NCHW -> NHWC
+
+    def labels(self, y: np.ndarray) -> np.ndarray:
+        return np.asarray(y)
+
+    def train_step(self, model: ReplicaModel, optimizer: ReplicaOptimizer, x, y) -> np.ndarray:
+        engine = self.engine
+        check_batch(engine.model, x, y, training=True)  # named errors before any state changes
+        if len(x) % engine.replicas:
+            raise UsageError(
+                f"{engine.replicas} replicas: the batch of {len(x)} must split into equal shards"
+            )
+        shard = (len(x) // engine.replicas, *x.shape[1:])
+        check_input_shape(self.case.config, shard, "NHWC", training=True)
+        state = (model.params, optimizer.state, model.stats)
+        loss, state = engine.step(state, engine.put(x, P(AXIS)), engine.put(y, P(AXIS)))
+        model.params, optimizer.state, model.stats = state
+        model.replica0 = None
+        return engine.host(loss)
+
+    def predict(self, model: ReplicaModel, x) -> jax.Array:
+        """Eval-mode logits of replica 0 on device 0 (any batch size: eval mode is per image)."""
+        check_input(self.engine.model, x, training=False)
+        if self.eval_fn is None:
+            graphdef, _, _ = self.engine.split(training=False)
+            self.eval_fn = jax.jit(lambda p, s, x: nnx.merge(graphdef, p, s)(x))
+        if model.replica0 is None:
+            model.replica0 = (
+                jax.tree.map(lambda a: a.addressable_data(0), model.params),
+                jax.tree.map(lambda a: a.addressable_data(0)[0], model.stats),
+            )
+        device = self.engine.mesh.devices.flat[0]
+        return self.eval_fn(*model.replica0, jax.device_put(x, device))
+
+    def to_canonical(self, model: ReplicaModel) -> dict[str, np.ndarray]:
+        """Replica 0's parameters and running statistics."""
+        nnx.update(self.engine.model, jax.tree.map(Engine.host, model.params))
+        nnx.update(self.engine.model, jax.tree.map(lambda a: Engine.host(a)[0], model.stats))
+        return to_canonical(self.engine.model)
+
+    def optimizer_state(self, model: ReplicaModel, optimizer: ReplicaOptimizer) -> dict:
+        """The momentum buffers (sgd.py: optax.trace's), canonical names and layout."""
+        trace = jax.tree.map(Engine.host, _trace_state(optimizer.state).trace)
+        return to_canonical(self.engine.model, trace)
+
+    def load_optimizer_state(
+        self, model: ReplicaModel, optimizer: ReplicaOptimizer, buffers: dict
+    ) -> None:
+        """The same buffers on every replica; validated in full before anything changes."""
+        config = self.case.config
+        check_momentum_buffers(buffers, config)
+        dtype = jnp.dtype(self.case.dtype)
+        trace = jax.tree.map(Engine.host, _trace_state(optimizer.state).trace)  # a host copy
+        flat = dict(nnx.to_flat_state(trace))
+        for spec in param_specs(config):
+            if spec.trainable:
+                _, axes = LEAVES[spec.kind]
+                value = np.asarray(buffers[spec.name], dtype)
+                flat[_nnx_path(spec)].set_value(value if axes is None else value.transpose(axes))
+        trace = self.engine.put(trace, P())
+
+        def replace(inject):
+            inner = tuple(
+                s._replace(trace=trace) if isinstance(s, optax.TraceState) else s
+                for s in inject.inner_state
+            )
+            return inject._replace(inner_state=inner)
+
+        optimizer.state = _with_inject_state(optimizer.state, replace)
+
+    def set_lr(self, optimizer: ReplicaOptimizer, lr: float) -> None:
+        """The rate of the next step: the injected hyperparameter, replicated (no recompiling)."""
+
+        def replace(inject):
+            rate = inject.hyperparams["learning_rate"]
+            rate = self.engine.put(np.asarray(lr, rate.dtype), P())
+            return inject._replace(hyperparams={**inject.hyperparams, "learning_rate": rate})
+
+        optimizer.state = _with_inject_state(optimizer.state, replace)
+
+    def to_numpy(self, t) -> np.ndarray:
+        return np.asarray(t)  # logits and losses: no image layout to undo
+
+
+def _with_inject_state(opt_state: tuple, fn) -> tuple:
+    """train.make_optimizer's chain state with its inject_hyperparams state replaced by fn's."""
+    _inject_state(opt_state)  # a named error if there is none
+    return tuple(
+        fn(s) if isinstance(s, optax.InjectStatefulHyperparamsState) else s for s in opt_state
+    )
+
+
+def _inject_state(opt_state: tuple):
+    for s in opt_state:  # chain: (add_decayed_weights, inject_hyperparams(sgd))
+        if isinstance(s, optax.InjectStatefulHyperparamsState):
+            return s
+    raise OptimizerStateError("the optimizer is not train.make_optimizer's (no injected rate)")
+
+
+def _trace_state(opt_state: tuple) -> optax.TraceState:
+    for s in _inject_state(opt_state).inner_state:
+        if isinstance(s, optax.TraceState):
+            return s
+    raise OptimizerStateError("the optimizer keeps no momentum trace (optax.trace)")
+
+
+def run_training(job_dir) -> int:
+    """launch_training's process: R CPU devices before JAX's backend starts, then
+    densenet_spec.training.run_job with ReplicaAdapter."""
+    from densenet_spec.training import run_job
+
+    job = json.loads((Path(job_dir) / "job.json").read_text())
+    try:
+        if job["device"] == "cpu":
+            jax.config.update("jax_num_cpu_devices", int(job["replicas"]["replicas"]))
+        run_job("densenet_jax", job_dir)
+    except DenseNetError as e:  # a named refusal: its message, exit 2 (densenet_spec.training)
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"] and len(argv) == 2:  # launch_training's process
+        return run_training(argv[1])
     parser = argparse.ArgumentParser(prog="python -m densenet_jax.distributed")
     parser.add_argument("case_dir")
     parser.add_argument("out")
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--coordinator", default="", help="HOST:PORT of process 0")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     case = read_case(args.case_dir)
     try:
         configure(case, args.processes, args.process_id, args.coordinator)
