@@ -68,13 +68,9 @@ class Adapter:
     def __init__(self, case: Case):
         self.case = case
         self.info = environment(case.device, case.dtype, tf32=case.options.get("tf32", "off"))
-        # Every BatchNorm's output for float32 piece parity (densenet_spec.driver)
-        self.pieces = wants_pieces(case) and not case.memory_efficient
-        if case.memory_efficient:  # read by the driver
-            self.pieces_unavailable = (
-                "memory-efficient dense layers run inside a jax.custom_vjp: their BatchNorm "
-                "outputs are not recorded"
-            )
+        # Every BatchNorm's output for float32 piece parity (densenet_spec.driver); the
+        # memory-efficient layers hand theirs out of their custom_vjp (memory_efficient.py)
+        self.pieces = wants_pieces(case)
         fast = xla_cpu.fast_modules(case.device) if case.variant == "fast" else {}
         self.info |= {
             "memory_efficient": case.memory_efficient,

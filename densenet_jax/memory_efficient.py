@@ -11,6 +11,13 @@ XLA's CPU compiler removes first (cse_barrier_expander), and then nothing keeps 
 recomputation out of the forward pass (CSE, scheduling); compiled, the train step keeps as much
 as without them. The running statistics come out of the forward run only, so they are updated
 exactly once per step.
+
+The parity adapter's float32 pieces (densenet_spec/pieces.py): under nnx.capture every BatchNorm
+with record_output sows its output (batchnorm.py), but a sow inside the custom_vjp lands in the
+layer's merged copy. So each layer runs under its own nnx.capture there and returns what was sown
+as a third output; the block sows those values again into its own layer's modules, where the
+caller's nnx.capture finds them under the same paths as in the plain DenseBlock. Nothing sown
+means an empty dict: outside the adapter's piece runs the layer computes exactly as before.
 """
 
 from __future__ import annotations
@@ -31,20 +38,36 @@ class MemoryEfficientDenseBlock(DenseBlock):
         inputs = [x]  # the block input, then each layer's output y
         for j, layer in enumerate(self.layers):
             graphdef, state = nnx.split(layer)
-            y, batch_stats = recomputed_in_backward(graphdef, state, tuple(inputs))
+            y, batch_stats, sown = recomputed_in_backward(graphdef, state, tuple(inputs))
             nnx.update(layer, batch_stats)
+            _sow_again(layer, sown)
             if features is not None:
                 features[f"layers.{j}"] = y
             inputs.append(y)
         return jnp.concatenate(inputs, axis=CHANNEL_AXIS)
 
 
+def _sow_again(layer: nnx.Module, sown: dict) -> None:
+    """Sow `sown` ({(*module path, name): values}, from concat_then_layer) into `layer`'s own
+    modules, for the caller's nnx.capture."""
+    for path, values in sown.items():
+        module = layer
+        for part in path[:-1]:
+            module = module[part] if isinstance(part, int) else getattr(module, part)
+        for value in values:
+            module.sow(nnx.Intermediate, path[-1], value)
+
+
 def concat_then_layer(graphdef: nnx.GraphDef, state: nnx.State, inputs: tuple) -> tuple:
     """The dense layer on the concatenation of `inputs`, as a pure function of the layer's state:
-    its output and its BatchStats after the call (updated in train mode)."""
+    its output, its BatchStats after the call (updated in train mode) and what its modules sowed
+    as nnx.Intermediate ({(*module path, name): values}; empty unless a BatchNorm records its
+    output for the adapter's pieces)."""
     layer = nnx.merge(graphdef, state)
-    y = layer(jnp.concatenate(inputs, axis=CHANNEL_AXIS))
-    return y, nnx.state(layer, nnx.BatchStat)
+    x = jnp.concatenate(inputs, axis=CHANNEL_AXIS)
+    y, captured = nnx.capture(layer, nnx.Intermediate)(x)
+    sown = {path: v.get_value() for path, v in nnx.to_flat_state(captured)}
+    return y, nnx.state(layer, nnx.BatchStat), sown
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))

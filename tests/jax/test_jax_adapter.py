@@ -193,28 +193,43 @@ def test_worker_entry_point_gpu_exits_2_with_named_error(tmp_path):
     assert not (tmp_path / "r.safetensors").exists()
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_linear_pieces_match_oracle(variant):
+def test_linear_pieces_match_oracle(variant, memory_efficient):
     """With the "pieces" option the adapter reports every BatchNorm's output of its gradient
-    passes (the ReLU's input, recorded by nnx.capture in the same jit), as the oracle does."""
+    passes (the ReLU's input, recorded by nnx.capture in the same jit), as the oracle does; the
+    memory-efficient layers hand theirs out of their jax.custom_vjp (memory_efficient.py)."""
     case = make_case(
         get_preset("tiny"), batch=2, image_size=16, variant=variant,
-        options={"pieces": True}, quantities=("grad",),
+        memory_efficient=memory_efficient, options={"pieces": True}, quantities=("grad", "step"),
     )  # fmt: skip
-    ours, oracle = run_case(case)[0], reference.run_case(case)[0]
+    (ours, info), oracle = run_case(case), reference.run_case(case)[0]
     pieces = [k for k in oracle if "_piece/" in k]
     assert pieces and {k for k in ours if "_piece/" in k} == set(pieces)
+    assert "pieces" not in info  # no fallback reason: the pieces were reported
     assert min(float(ours[k].min()) for k in pieces) < 0  # not the ReLU's output
     assert_close(ours, oracle, "float64")
 
 
-def test_memory_efficient_pieces_are_unavailable_with_a_reason():
-    """The recomputed layers run inside a jax.custom_vjp, whose BatchNorm outputs nnx.capture
-    cannot see: the adapter says so, and the driver returns no piece keys."""
+def test_memory_efficient_pieces_in_float32_match_the_plain_model():
+    """float32: the memory-efficient model's pieces are the plain model's BatchNorm outputs (the
+    same forward computation), and its gradients agree with the oracle on its own piece."""
+    from densenet_spec import pieces as piece_rule
+    from densenet_spec.case import as_dtype
+
     case = make_case(
-        get_preset("tiny"), batch=2, image_size=16, memory_efficient=True,
+        get_preset("d2l"), batch=2, image_size=32, dtype="float32",
         options={"pieces": True}, quantities=("grad",),
     )  # fmt: skip
-    results, info = run_case(case)
-    assert "custom_vjp" in info["pieces"]
-    assert not [k for k in results if "_piece/" in k]
+    plain = run_case(case)[0]
+    ours = run_case(dataclasses.replace(case, memory_efficient=True))[0]
+    keys = [k for k in plain if "_piece/" in k]
+    assert keys and {k for k in ours if "_piece/" in k} == set(keys)
+    for k in keys:
+        np.testing.assert_allclose(ours[k], plain[k], rtol=0, atol=1e-5 * np.abs(plain[k]).max())
+    truth = reference.run_case(as_dtype(case, "float64"))[0]
+    own = piece_rule.oracle_pieces(as_dtype(case, "float64"))
+    errors, _ = piece_rule.float32_errors(case, truth, own)
+    ref = piece_rule.on_piece(case, piece_rule.pieces_of(ours, case.config), truth, own)
+    grads = {k: v for k, v in ref.items() if k.startswith("train_grad/")}
+    assert_close(ours, grads, "float32", errors)
