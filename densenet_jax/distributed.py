@@ -112,12 +112,14 @@ def worker_command(case_dir, out, processes: int = 1, rank: int = 0, coordinator
 
 
 def launch(case_dir, out, *, timeout: float, engine: str | None = None) -> None:
-    """Run the case's R replicas on `engine` (default: $DENSENET_JAX_ENGINE, else "sharded");
+    """Run the case's R replicas on `engine` (default: "processes" for a case with the option
+    "processes", else $DENSENET_JAX_ENGINE, else "sharded");
     raise on failure or timeout, every started process killed."""
-    engine = engine or os.environ.get(ENGINE_ENV, "sharded")
+    case = read_case(case_dir)
+    by_case = "processes" if case.options.get("processes") else None  # --replica-processes
+    engine = engine or by_case or os.environ.get(ENGINE_ENV, "sharded")
     if engine not in ENGINES:
         raise ValueError(f"{ENGINE_ENV}={engine!r}: one of {', '.join(ENGINES)}")
-    case = read_case(case_dir)
     replicas, _, _ = replica_options(case)
     env = dict(os.environ)
     if case.device == "cpu":  # no accelerator plugin may claim the devices

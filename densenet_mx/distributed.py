@@ -68,7 +68,8 @@ TRAINING_BARRIER_TIMEOUT_S = 600.0  # a synchronised BatchNorm's wait for the ot
 
 
 def kvstore_kind(case: Case) -> str:
-    kind = case.options.get("kvstore", "device")
+    """The case option "kvstore", or dist_sync for a case run a process per replica."""
+    kind = case.options.get("kvstore", "dist_sync" if case.options.get("processes") else "device")
     if kind not in KVSTORES:
         raise UsageError(f"kvstore {kind!r}: one of {', '.join(KVSTORES)}")
     return kind

@@ -277,9 +277,16 @@ def make_case(
 
 
 def describe_inputs(case: Case) -> str:
-    """Where the case's batches come from, for reports."""
-    data = case.options.get("data")
-    return f"{data} training batches" if data else "random inputs"
+    """Where the case's batches come from, and a replica case's data parallelism, for reports."""
+    o = case.options
+    out = f"{o['data']} training batches" if o.get("data") else "random inputs"
+    if int(o.get("replicas", 1)) > 1:
+        launch = "a process each" if o.get("processes") else "one process where the engine can"
+        out += (
+            f", {o['replicas']} replicas ({o.get('bn_sync', 'synchronised')} BatchNorm, "
+            f"{o.get('buffers', 'broadcast')} running statistics, {launch})"
+        )
+    return out
 
 
 def as_dtype(case: Case, dtype: str) -> Case:

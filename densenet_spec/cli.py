@@ -140,7 +140,7 @@ def parse_args(argv):
         metavar="N",
         help="run each framework data-parallel on N replicas (its own engine: torch DDP, ...), "
         "the batch split into N equal shards, and compare with the oracle's replica semantics "
-        "(quantities eval, train, grad, step; float64)",
+        "(quantities eval, train, grad, step)",
     )
     p.add_argument(
         "--bn-sync",
@@ -155,6 +155,13 @@ def parse_args(argv):
         choices=("broadcast", "local"),
         help="with --replicas: each step's running statistics start from replica 0's "
         "(broadcast, torch DDP's default) or each replica's own (local)",
+    )
+    p.add_argument(
+        "--replica-processes",
+        action="store_true",
+        help="with --replicas: one process per replica on every engine (torch always; JAX "
+        "jax.distributed, TF MultiWorkerMirroredStrategy, MXNet dist_sync) instead of one "
+        "process over N devices",
     )
     return p.parse_args(argv)
 
@@ -416,7 +423,9 @@ def _replica_case(args, case):
     """--replicas N > 1: the case as a replica case (replicas.py), or a UsageError."""
     from densenet_spec import replicas
 
-    return replicas.replica_case(case, args.replicas, args.bn_sync, args.replica_buffers)
+    return replicas.replica_case(
+        case, args.replicas, args.bn_sync, args.replica_buffers, args.replica_processes
+    )
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,9 @@ A replica case is an ordinary parity case (case.py) with three options:
     "buffers": "broadcast" | "local"
                              what each replica's running statistics start a step from: replica
                              0's (torch DDP's default broadcast_buffers=True) or its own
+    "processes": bool        one process per replica (every engine's multi-process form: torch
+                             always, JAX jax.distributed, TF MultiWorkerMirroredStrategy, MXNet
+                             dist_sync) instead of one process over R devices (the default)
 
 The BN semantics are a case option, not a DenseNetConfig field, for now: the config describes
 one model on one device, and every framework's teaching files read it; data parallelism is
@@ -63,12 +66,18 @@ def replica_options(case: Case) -> tuple[int, str, str]:
         raise UsageError(f"--bn-sync {bn_sync!r}: one of {', '.join(BN_SYNC)}")
     if buffers not in BUFFER_POLICIES:
         raise UsageError(f"buffers {buffers!r}: one of {', '.join(BUFFER_POLICIES)}")
+    if not isinstance(o.get("processes", False), bool):
+        raise UsageError(f"processes {o['processes']!r}: true or false")
     return replicas, bn_sync, buffers
 
 
-def replica_case(case: Case, replicas: int, bn_sync: str, buffers: str = "broadcast") -> Case:
+def replica_case(
+    case: Case, replicas: int, bn_sync: str, buffers: str = "broadcast", processes: bool = False
+) -> Case:
     """`case` as an R-replica case; quantities outside QUANTITIES are dropped."""
     options = {**case.options, "replicas": replicas, "bn_sync": bn_sync, "buffers": buffers}
+    if processes:
+        options["processes"] = True
     quantities = tuple(q for q in case.quantities if q in QUANTITIES)
     out = dataclasses.replace(case, options=options, quantities=quantities)
     replica_options(out)

@@ -112,3 +112,29 @@ def test_bench_replicas_measures_each_count_against_the_same_runs_baseline(tmp_p
 def test_bench_replicas_refuses_before_running(args, words):
     proc = bench("--frameworks", "torch", "--preset", "tiny", *args, timeout=120)
     assert proc.returncode == 2 and words in " ".join(proc.stdout.split()), proc.stdout
+
+
+# What each engine's info says when it ran a process per replica (--replica-processes).
+ONE_PROCESS_EACH = {
+    "torch": ("backend", "gloo"),  # DDP under torchrun: always a process per replica
+    "jax": ("processes", 2),  # jax.distributed over loopback
+    "mx": ("kvstore", "dist_sync"),  # parameter-server roles on loopback
+}
+
+
+@pytest.mark.parametrize("fw", list(ONE_PROCESS_EACH))
+def test_replica_processes_runs_each_engine_multi_process(tmp_path, require_envs, fw):
+    """--replica-processes: every engine's multi-process form, over loopback, still the oracle's
+    numbers (float64, 1 step, per-replica BatchNorm)."""
+    require_envs(fw)
+    out = tmp_path / "r.json"
+    args = [a if a not in ("torch",) else fw for a in TINY]
+    proc = parity(*args, "--bn-sync", "per-replica", "--replica-processes", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 replicas (per-replica BatchNorm, broadcast running statistics, a process each)" in (
+        " ".join(proc.stdout.split())
+    )
+    report = json.loads(out.read_text())
+    key, value = ONE_PROCESS_EACH[fw]
+    assert report["frameworks"][fw]["info"][key] == value
+    assert all(c["error"] <= c["bound"] <= 1e-9 for c in report["pairs"][0]["comparisons"])
