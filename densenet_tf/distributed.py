@@ -15,6 +15,11 @@ on failure). Two engines, picked by launch(engine=) or DENSENET_TF_DISTRIBUTE (t
 model. Each replica's gradient (plus the coupled weight decay, as train.py) is divided by R and
 Keras's optimizer all-reduces it as a sum: the mean.
 
+densenet-train --replicas R (densenet_spec.training) runs on the mirrored engine: launch_training()
+starts one fresh process (`python -m densenet_tf.distributed train JOB`) that makes the strategy
+first, then runs densenet_spec.training.run_job with ReplicaAdapter, whose train_step is the
+parity cases' compiled step (ReplicaStep) over the batch's shards.
+
 Running statistics: Keras 3 creates them with aggregation "none", so under a strategy they are
 MirroredVariables (ON_WRITE, aggregation NONE) with one component per replica; an assign in
 replica context writes the replica's own component only, so each replica's statistics follow
@@ -37,18 +42,20 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from densenet_spec.case import Case, read_case, write_results
-from densenet_spec.errors import DeviceUnavailableError, UsageError
+from densenet_spec.errors import DenseNetError, DeviceUnavailableError, UsageError
 from densenet_spec.params import param_specs, trainable_names
 from densenet_spec.replicas import check_results, replica_options, running_names
 from densenet_tf import train
-from densenet_tf.adapter import environment
+from densenet_tf.adapter import Adapter, environment
 from densenet_tf.canonical import named_variables, to_canonical_array
+from densenet_tf.inputs import check_batch
 from densenet_tf.layers import DenseBlock
 from densenet_tf.memory_efficient import MemoryEfficientDenseBlock
 from densenet_tf.model import DenseNet
@@ -85,15 +92,16 @@ def tf_config(ports: list[int], index: int, host: str = "127.0.0.1") -> str:
 
 
 def launch_commands(
-    case_dir, out, replicas: int, engine: str, device: str = "cpu"
+    args: list, replicas: int, engine: str, device: str = "cpu"
 ) -> list[tuple[list[str], dict]]:
-    """(command, extra environment) of every process the engine needs on this machine.
+    """(command, extra environment) of every process the engine needs on this machine, each
+    running this module with `args`.
 
     A multi-worker GPU case gives worker r GPU r only; a CPU case hides the GPUs (a worker
     would otherwise take every GPU it sees as a replica)."""
     if engine not in ENGINES:
         raise UsageError(f"{ENGINE_ENV}={engine!r}: one of {', '.join(ENGINES)}")
-    cmd = [sys.executable, "-m", "densenet_tf.distributed", str(case_dir), str(out)]
+    cmd = [sys.executable, "-m", "densenet_tf.distributed", *map(str, args)]
     if engine == "mirrored":
         return [(cmd, {})]
     ports = free_ports(replicas)
@@ -115,24 +123,61 @@ def launch(case_dir, out, *, timeout: float, engine: str | None = None) -> None:
     engine = engine or os.environ.get(ENGINE_ENV) or "mirrored"
     case = read_case(case_dir)
     replicas, _, _ = replica_options(case)
+    commands = launch_commands([case_dir, out], replicas, engine, case.device)
+    run_processes(commands, timeout, f"tf {engine}")
+
+
+def launch_training(job_dir, *, timeout: float) -> None:
+    """densenet-train --replicas R (densenet_spec.training.main calls it): the job in one fresh
+    process, MirroredStrategy over R devices made before TensorFlow's runtime starts, then
+    densenet_spec.training.run_job with ReplicaAdapter. Raise on failure or timeout (the
+    process killed); a named refusal in the process (its message on stderr) is TrainingRefused."""
+    engine = os.environ.get(ENGINE_ENV) or "mirrored"
+    if engine != "mirrored":
+        raise UsageError(
+            f"{ENGINE_ENV}={engine!r}: densenet-train --replicas runs on the mirrored engine only"
+        )
+    try:
+        run_processes(launch_commands(["train", job_dir], 1, engine), timeout, "tf training")
+    except ProcessFailed as e:
+        if e.code == 2:
+            raise TrainingRefused(f"the training process refused the job ({e})") from None
+        raise
+
+
+class ProcessFailed(RuntimeError):
+    """A launched process exited non-zero (code: its exit status)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+class TrainingRefused(DenseNetError):
+    """launch_training's process stopped with a named error (printed on its stderr)."""
+
+
+def run_processes(commands: list[tuple[list[str], dict]], timeout: float, what: str) -> None:
+    """Start every (command, extra environment) in its own session (Keras on TensorFlow, no
+    inherited TF_CONFIG) and wait for all. The first failure (ProcessFailed), the timeout
+    (TimeoutError) or an interrupt kills every process group."""
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
     env.pop("TF_CONFIG", None)
     procs: list[subprocess.Popen] = []
     try:
-        for cmd, extra in launch_commands(case_dir, out, replicas, engine, case.device):
+        for cmd, extra in commands:
             procs.append(subprocess.Popen(cmd, env={**env, **extra}, start_new_session=True))
         deadline = time.monotonic() + timeout
         while True:
             codes = [p.poll() for p in procs]
             failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
             if failed:
-                raise RuntimeError(
-                    f"tf {engine}: process {failed[0][0]} of {len(procs)} exited {failed[0][1]}"
-                )
+                i, code = failed[0]
+                raise ProcessFailed(f"{what}: process {i} of {len(procs)} exited {code}", code)
             if all(c == 0 for c in codes):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"tf {engine}: not done after {timeout:g} s")
+                raise TimeoutError(f"{what}: not done after {timeout:g} s")
             time.sleep(POLL_S)
     except BaseException:
         for p in procs:
@@ -181,6 +226,31 @@ def make_strategy(device: str, replicas: int) -> tf.distribute.Strategy:
         raise RuntimeError(
             f"the case asks for {replicas} replicas, {type(strategy).__name__} has "
             f"{strategy.num_replicas_in_sync}"
+        )
+    return strategy
+
+
+_STRATEGY: list = []  # this process's strategy (one: the devices are fixed once made)
+
+
+def strategy_for(device: str, replicas: int) -> tf.distribute.Strategy:
+    """This process's strategy for R replicas, made once (make_strategy, so the first call
+    must come before anything starts TensorFlow's runtime)."""
+    if not _STRATEGY:
+        try:
+            _STRATEGY.append(make_strategy(device, replicas))
+        except RuntimeError as e:
+            if "cannot be modified after being initialized" not in str(e):
+                raise
+            raise UsageError(
+                "tf: the replicas' devices must be configured before TensorFlow's runtime "
+                "starts; run data-parallel training through launch_training (a fresh process)"
+            ) from e
+    strategy = _STRATEGY[0]
+    if strategy.num_replicas_in_sync != replicas:
+        raise UsageError(
+            f"tf: this process's strategy has {strategy.num_replicas_in_sync} replicas, "
+            f"not {replicas}: a new replica count needs a fresh process"
         )
     return strategy
 
@@ -290,28 +360,39 @@ def forward_backward(rep: Replicas, x, y, training: bool) -> tuple[dict, np.ndar
     return gathered, loss, {**grads, **({"input": gathered.pop("input")} if training else {})}
 
 
-def run_steps(rep: Replicas) -> dict[str, np.ndarray]:
-    """case.steps data-parallel SGD steps; {canonical name: every replica's value, stacked}."""
-    case, strategy, R = rep.case, rep.strategy, rep.replicas
-    model = rep.build()
-    with strategy.scope():
-        optimizer = train.make_optimizer(model, case.sgd)
-    named = named_variables(model)
-    running = [named[n] for n in running_names(case.config)]
+class ReplicaStep:
+    """One data-parallel SGD step of `model` on the replicas, compiled once (tf.function: a
+    new learning rate is a variable's new value, not a retrace): replica 0's running
+    statistics into every replica's first when the policy is "broadcast", then on each replica
+    its shard's forward and backward, the spec's coupled weight decay, and the optimizer's
+    all-reduced update. step(x, y) over distributed shards (Replicas.distribute) returns the
+    mean of the replicas' shard losses, on every replica."""
 
-    @tf.function(autograph=False)
-    def broadcast():
+    def __init__(self, rep: Replicas, model: DenseNet, optimizer):
+        self.rep, self.model, self.optimizer = rep, model, optimizer
+        named = named_variables(model)
+        self.running = [named[n] for n in running_names(rep.case.config)]
+        self.broadcast = tf.function(self._broadcast, autograph=False)
+        self.update = tf.function(self._update, autograph=False)
+
+    def __call__(self, x, y):
+        if self.rep.buffers == "broadcast":
+            self.broadcast()
+        return self.update(x, y)
+
+    def _broadcast(self):
         """Replica 0's running statistics into every replica's (the "broadcast" policy)."""
 
         def replica():
             context = tf.distribute.get_replica_context()
-            for v, values in zip(running, all_gather(context, running)):
+            for v, values in zip(self.running, all_gather(context, self.running)):
                 v.assign(values[0])
 
-        strategy.run(replica)
+        self.rep.strategy.run(replica)
 
-    @tf.function(autograph=False)
-    def step(x, y):
+    def _update(self, x, y):
+        model, optimizer, R = self.model, self.optimizer, self.rep.replicas
+
         def replica(x, y):
             with tf.GradientTape() as tape:
                 loss = train.loss_fn(model(x, training=True), y)
@@ -322,9 +403,19 @@ def run_steps(rep: Replicas) -> dict[str, np.ndarray]:
                 # Keras's optimizer all-reduces the gradients as a sum: / R makes it the mean
                 grads = [(g + wd * v) / R for g, v in zip(grads, variables)]
                 optimizer.apply_gradients(zip(grads, variables))
-            return loss
+            return tf.distribute.get_replica_context().all_reduce(MEAN, loss)
 
-        return strategy.run(replica, args=(x, y))
+        return self.rep.strategy.run(replica, args=(x, y))
+
+
+def run_steps(rep: Replicas) -> dict[str, np.ndarray]:
+    """case.steps data-parallel SGD steps; {canonical name: every replica's value, stacked}."""
+    case, strategy = rep.case, rep.strategy
+    model = rep.build()
+    with strategy.scope():
+        optimizer = train.make_optimizer(model, case.sgd)
+    named = named_variables(model)
+    step = ReplicaStep(rep, model, optimizer)
 
     @tf.function(autograph=False)
     def snapshot():
@@ -334,8 +425,6 @@ def run_steps(rep: Replicas) -> dict[str, np.ndarray]:
         return strategy.run(replica)
 
     for k in range(case.steps):
-        if rep.buffers == "broadcast":
-            broadcast()
         step(rep.images(case.step_x[k]), rep.distribute(np.asarray(case.step_y[k])))
     values = rep.first(snapshot())
     return {n: to_canonical_stack(v) for n, v in zip(named, values)}
@@ -379,6 +468,73 @@ def describe(strategy: tf.distribute.Strategy, model_variable) -> dict:
     }
 
 
+class ReplicaAdapter(Adapter):
+    """densenet_spec.training's adapter for a data-parallel job (densenet-train --replicas R) in
+    a launch_training process: the plain Adapter's protocol over whole batches, each train_step
+    one ReplicaStep (the parity cases' step) over the batch's equal contiguous shards, replica r
+    the r-th. predict, to_canonical and optimizer_state read replica 0's values (a cross-replica
+    read of a mirrored variable gives its first component); load_optimizer_state and set_lr
+    assign in cross-replica context, which writes every replica's copy. One process: writes."""
+
+    writes = True
+
+    def __init__(self, case: Case):
+        replicas, bn_sync, buffers = replica_options(case)
+        strategy = strategy_for(case.device, replicas)  # first: before the runtime starts
+        self.case, self.jit_compile = case, False  # Replicas.build: tf.function, no XLA
+        self.info = environment(case.device, case.dtype)
+        keras.config.set_dtype_policy(case.dtype)  # Replicas.build's model in the case's dtype
+        self.rep = Replicas(case, strategy)
+        self.steps: dict = {}  # (id(model), id(optimizer)) -> (model, optimizer, ReplicaStep)
+        self.info |= {
+            "memory_efficient": case.memory_efficient,
+            "jit_compile": False,
+            "kernels": "tf.function",
+            "replicas": replicas,
+            "bn_sync": bn_sync,
+            "buffers": buffers,
+        }
+
+    def build(self) -> DenseNet:
+        model = self.rep.build()
+        running = named_variables(model)[running_names(self.case.config)[0]]
+        self.info |= describe(self.rep.strategy, running)
+        return model
+
+    def make_optimizer(self, model: DenseNet) -> keras.optimizers.Optimizer:
+        with self.rep.strategy.scope():  # mirrored buffers and rate, one copy per replica
+            return train.make_optimizer(model, self.case.sgd)
+
+    def train_step(self, model: DenseNet, optimizer, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        R = self.rep.replicas
+        if x.shape[0] % R:
+            raise UsageError(
+                f"--replicas {R}: the batch of {x.shape[0]} must split into equal shards"
+            )
+        check_batch(model, x, y, training=True)  # before any running statistic moves
+        key = (id(model), id(optimizer))
+        if key not in self.steps:
+            self.steps[key] = (model, optimizer, ReplicaStep(self.rep, model, optimizer))
+        step = self.steps[key][2]
+        loss = step(self.rep.distribute(np.asarray(x)), self.rep.distribute(np.asarray(y)))
+        return self.rep.strategy.experimental_local_results(loss)[0]
+
+
+def run_training(job_dir) -> int:
+    """launch_training's process: the strategy first (R logical devices before the runtime
+    starts), then densenet_spec.training.run_job with ReplicaAdapter."""
+    from densenet_spec.training import run_job
+
+    job = json.loads((Path(job_dir) / "job.json").read_text())
+    try:
+        strategy_for(job["device"], int(job["replicas"]["replicas"]))
+        run_job("densenet_tf", job_dir)
+    except DenseNetError as e:  # a named refusal: its message, exit 2 (densenet_spec.training)
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 @tf.function(autograph=False)
 def barrier(strategy: tf.distribute.Strategy) -> None:
     """One all-reduce over every replica."""
@@ -391,7 +547,10 @@ def worker_index() -> int:
 
 
 def main(argv=None) -> int:
-    case_dir, out = (sys.argv[1:] if argv is None else argv)[:2]
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"] and len(argv) == 2:  # launch_training's process
+        return run_training(argv[1])
+    case_dir, out = argv[:2]
     case = read_case(case_dir)
     replicas, bn_sync, buffers = replica_options(case)
     strategy = make_strategy(case.device, replicas)  # first: before the runtime starts
@@ -425,4 +584,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The package's module, not this __main__ copy: run_job imports densenet_tf.distributed,
+    # whose ReplicaAdapter must find the strategy that run_training made (_STRATEGY).
+    from densenet_tf.distributed import main as package_main
+
+    sys.exit(package_main())

@@ -7,7 +7,9 @@ determinism on from an earlier test.
 """
 
 import dataclasses
+import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -96,6 +98,71 @@ def test_unknown_engine_is_a_usage_error(tmp_path):
     _, folder = _case(tmp_path, "synchronised", "broadcast", steps=1)
     with pytest.raises(distributed.UsageError, match="DENSENET_TF_DISTRIBUTE"):
         distributed.launch(folder, tmp_path / "r.safetensors", timeout=1, engine="ring")
+
+
+# A fresh process: strategy_for must make the 2 logical devices before TF's runtime starts.
+RESUME = """
+import dataclasses
+import numpy as np
+from densenet_tf import distributed
+strategy = distributed.strategy_for("cpu", 2)
+from densenet_spec import reference, replicas
+from densenet_spec.case import make_case
+from densenet_spec.config import get_preset
+
+base = make_case(get_preset("tiny"), batch=4, image_size=16, steps=4)
+case = replicas.replica_case(base, 2, "per-replica", "broadcast")
+rates = [0.1, 0.05, 0.2, 0.02]  # set_lr before every step
+
+def run(adapter, model, optimizer, steps):
+    losses = []
+    for k in steps:
+        adapter.set_lr(optimizer, rates[k])
+        x, y = adapter.images(case.step_x[k]), adapter.labels(case.step_y[k])
+        losses.append(float(adapter.train_step(model, optimizer, x, y)))
+    return losses
+
+a = distributed.ReplicaAdapter(case)
+model = a.build()
+opt = a.make_optimizer(model)
+first = run(a, model, opt, [0, 1])
+weights, buffers = a.to_canonical(model), a.optimizer_state(model, opt)
+rest = run(a, model, opt, [2, 3])
+end = a.to_canonical(model)
+(_, _, step), = a.steps.values()
+assert step.update.experimental_get_tracing_count() == 1  # new rates: no retrace
+
+b = distributed.ReplicaAdapter(dataclasses.replace(case, params=weights))
+model_b = b.build()
+opt_b = b.make_optimizer(model_b)
+b.load_optimizer_state(model_b, opt_b, buffers)
+for slot in opt_b.momentums:  # every replica's copy holds the loaded buffer
+    first_copy, *others = strategy.experimental_local_results(slot.value)
+    assert np.any(first_copy.numpy()) and all(np.array_equal(first_copy, o) for o in others)
+assert run(b, model_b, opt_b, [2, 3]) == rest
+assert all(np.array_equal(v, end[n]) for n, v in b.to_canonical(model_b).items())
+
+states, momentum, ref = [dict(case.params)] * 2, {}, []
+for k in range(4):
+    sgd = dataclasses.replace(case.sgd, lr=rates[k])
+    states, momentum, loss = reference.replica_sgd_step(
+        states, momentum, case.config, case.step_x[k], case.step_y[k], sgd, 2,
+        "per-replica", "broadcast")
+    ref.append(float(loss))
+assert np.max(np.abs(np.array(first + rest) - ref)) < 1e-12, (first + rest, ref)
+assert max(float(np.max(np.abs(end[n] - states[0][n]))) for n in end) < 1e-12
+"""
+
+
+def test_replica_adapter_resumes_and_follows_the_oracle():
+    """densenet-train --replicas' adapter (ReplicaAdapter): 4 steps at a new rate each (one
+    trace) follow the oracle's replica run in float64; replica 0's weights and momentum buffers
+    after 2 steps, loaded into a fresh adapter (every replica's buffers), continue bit for bit."""
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    proc = subprocess.run(
+        [sys.executable, "-c", RESUME], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
 
 
 @pytest.mark.parametrize("running_var", ["unbiased", "biased"])
