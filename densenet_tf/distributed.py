@@ -118,10 +118,12 @@ def launch_commands(
 
 
 def launch(case_dir, out, *, timeout: float, engine: str | None = None) -> None:
-    """Run the case's R replicas on `engine` (default: $DENSENET_TF_DISTRIBUTE, else
-    "mirrored"); raise on failure or timeout, every process killed."""
-    engine = engine or os.environ.get(ENGINE_ENV) or "mirrored"
+    """Run the case's R replicas on `engine` (default: "multi-worker" for a case with the option
+    "processes", else $DENSENET_TF_DISTRIBUTE, else "mirrored"); raise on failure or timeout,
+    every process killed."""
     case = read_case(case_dir)
+    by_case = "multi-worker" if case.options.get("processes") else None  # --replica-processes
+    engine = engine or by_case or os.environ.get(ENGINE_ENV) or "mirrored"
     replicas, _, _ = replica_options(case)
     commands = launch_commands([case_dir, out], replicas, engine, case.device)
     run_processes(commands, timeout, f"tf {engine}")

@@ -119,6 +119,7 @@ ONE_PROCESS_EACH = {
     "torch": ("backend", "gloo"),  # DDP under torchrun: always a process per replica
     "jax": ("processes", 2),  # jax.distributed over loopback
     "mx": ("kvstore", "dist_sync"),  # parameter-server roles on loopback
+    "tf": ("workers", 2),  # MultiWorkerMirroredStrategy, a TF_CONFIG each
 }
 
 
