@@ -139,3 +139,25 @@ def test_replica_processes_runs_each_engine_multi_process(tmp_path, require_envs
     key, value = ONE_PROCESS_EACH[fw]
     assert report["frameworks"][fw]["info"][key] == value
     assert all(c["error"] <= c["bound"] <= 1e-9 for c in report["pairs"][0]["comparisons"])
+
+
+@pytest.mark.parametrize("bn_sync", ["synchronised", "per-replica"])
+def test_all_four_engines_pass_two_replicas_and_each_other(tmp_path, require_envs, bn_sync):
+    """Issue 20's acceptance: tiny, 2 replicas, float64, 2 steps, both BN semantics, every
+    framework against the oracle (running statistics of every replica included) and pairwise;
+    a gradient-free mutation of one engine fails and names the stage."""
+    frameworks = ["torch", "jax", "tf", "mx"]
+    require_envs(*frameworks)
+    out = tmp_path / "r.json"
+    args = [a if a != "torch" else ",".join(frameworks) for a in TINY]
+    proc = parity(*args, "--bn-sync", bn_sync, "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert len(report["pairs"]) == 4 + 6
+    for pair in report["pairs"]:
+        keys = {c["key"] for c in pair["comparisons"]}
+        assert "step/replica1/stem.norm.running_var" in keys
+        assert all(c["error"] <= c["bound"] <= 1e-9 for c in pair["comparisons"])
+    jax_only = [a if a != "torch" else "jax" for a in TINY]
+    mutated = parity(*jax_only, "--bn-sync", bn_sync, "--mutate", "jax:bn_sync")
+    assert "part at train: stem" in mutated.stdout and "SELF-CHECK OK" in mutated.stdout
