@@ -36,9 +36,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import time
 from functools import partial
@@ -63,6 +60,7 @@ from densenet_jax.sync_batchnorm import sync_batch_norm
 from densenet_jax.weights import LEAVES, _nnx_path, from_canonical, to_canonical
 from densenet_spec.case import Case, read_case, write_results
 from densenet_spec.config import check_input_shape
+from densenet_spec.distributed import ProcessFailed, free_ports, run_processes
 from densenet_spec.errors import (
     DenseNetError,
     DeviceUnavailableError,
@@ -75,8 +73,6 @@ from densenet_spec.replicas import check_results, replica_options, running_names
 AXIS = "data"
 ENGINES = ("sharded", "processes")
 ENGINE_ENV = "DENSENET_JAX_ENGINE"
-KILL_GRACE_S = 5
-POLL_S = 0.2
 
 
 class UnsupportedReplicaCase(DenseNetError):
@@ -85,22 +81,6 @@ class UnsupportedReplicaCase(DenseNetError):
 
 class TrainingRefused(DenseNetError):
     """launch_training's process stopped with a named error (printed on its stderr)."""
-
-
-class ProcessFailed(RuntimeError):
-    """A data-parallel process exited non-zero (`code`: its exit status; 2 is a named refusal,
-    its message on the process's stderr)."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface now (the coordinator's)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker_command(case_dir, out, processes: int = 1, rank: int = 0, coordinator: str = ""):
@@ -127,11 +107,11 @@ def launch(case_dir, out, *, timeout: float, engine: str | None = None) -> None:
     if engine == "sharded":
         commands = [worker_command(case_dir, out)]
     else:
-        coordinator = f"127.0.0.1:{free_port()}"
+        coordinator = f"127.0.0.1:{free_ports()[0]}"
         commands = [
             worker_command(case_dir, out, replicas, r, coordinator) for r in range(replicas)
         ]
-    run_processes(commands, env, timeout)
+    run_processes([(c, env) for c in commands], timeout, f"jax {engine}")
 
 
 def launch_training(job_dir, *, timeout: float) -> None:
@@ -150,52 +130,11 @@ def launch_training(job_dir, *, timeout: float) -> None:
         env.setdefault("JAX_PLATFORMS", "cpu")
     cmd = [sys.executable, "-m", "densenet_jax.distributed", "train", str(job_dir)]
     try:
-        run_processes([cmd], env, timeout)
+        run_processes([(cmd, env)], timeout, "jax training")
     except ProcessFailed as e:
         if e.code == 2:  # a named refusal (its message above): exit 2 here too
             raise TrainingRefused(f"the training process refused the job ({e})") from None
         raise
-
-
-def run_processes(commands: list[list[str]], env: dict, timeout: float) -> None:
-    """Start every command in its own session; wait for all. The first failure, the timeout or
-    an interrupt kills every process group (SIGTERM, then SIGKILL)."""
-    procs: list[subprocess.Popen] = []
-    try:
-        for cmd in commands:
-            procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
-        deadline = time.monotonic() + timeout
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
-            if failed:
-                i, code = failed[0]
-                raise ProcessFailed(f"jax data-parallel process {i} exited {code}", code)
-            if all(c == 0 for c in codes):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"jax data-parallel run timed out after {timeout:g} s")
-            time.sleep(POLL_S)
-    finally:
-        _kill(procs)
-
-
-def _kill(procs: list[subprocess.Popen]) -> None:
-    alive = [p for p in procs if p.poll() is None]
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
-        for p in alive:
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
-        for p in alive:
-            try:
-                p.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                pass
-        alive = [p for p in alive if p.poll() is None]
-        if not alive:
-            return
 
 
 def configure(case: Case, processes: int, rank: int, coordinator: str) -> None:

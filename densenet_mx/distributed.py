@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -57,12 +54,12 @@ from densenet_mx.sync_batchnorm import AllSum, ProcessAllSum, use_sync_batch_nor
 from densenet_mx.variants import FAST_HYBRIDIZE
 from densenet_mx.weights import from_canonical
 from densenet_spec.case import Case, read_case, write_results
+from densenet_spec.distributed import free_ports, run_processes
 from densenet_spec.errors import DeviceUnavailableError, UsageError
 from densenet_spec.params import trainable_names
 from densenet_spec.replicas import check_results, replica_options, result_keys, running_names
 
 KVSTORES = ("device", "local", "dist_sync")
-KILL_GRACE_S = 5
 GATHER_KEY = 1 << 20  # dist_sync keys of the exact all-gathers (the Trainer holds none)
 TRAINING_BARRIER_TIMEOUT_S = 600.0  # a synchronised BatchNorm's wait for the other replicas
 
@@ -494,12 +491,6 @@ class ReplicaAdapter(Adapter):
             load_spec_buffers(model, optimizer, buffers)  # checks the buffers first
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def dmlc_environment(role: str, replicas: int, port: int) -> dict:
     """What MXNet's tools/launch.py --launcher local sets, on the loopback interface."""
     return dict(
@@ -516,50 +507,14 @@ def dmlc_environment(role: str, replicas: int, port: int) -> dict:
     )
 
 
-def _kill(procs: list[subprocess.Popen]) -> None:
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
-        alive = [p for p in procs if p.poll() is None]
-        for p in alive:
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
-        for p in alive:
-            try:
-                p.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                pass
-
-
 def launch_dist(case_dir, out, replicas: int, timeout: float) -> None:
     """A scheduler, one server and R workers of this module on 127.0.0.1, each in its own
-    session; all killed when one fails or after `timeout` seconds (TimeoutExpired)."""
-    port = free_port()
+    session; all killed when one fails or after `timeout` seconds (TimeoutError)."""
+    (port,) = free_ports()
     cmd = [sys.executable, "-m", "densenet_mx.distributed", str(case_dir), str(out)]
     roles = ["scheduler", "server"] + ["worker"] * replicas
-    procs: list[subprocess.Popen] = []
-    deadline = time.monotonic() + timeout
-    try:
-        for role in roles:
-            env = dmlc_environment(role, replicas, port)
-            procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
-        while any(p.poll() is None for p in procs):  # scheduler and server stop after workers
-            failed = [
-                f"{role} {i} exited {p.returncode}"
-                for i, (role, p) in enumerate(zip(roles, procs))
-                if p.returncode not in (None, 0)
-            ]
-            if failed:
-                raise RuntimeError("dist_sync: " + ", ".join(failed))
-            if time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(cmd, timeout)
-            time.sleep(0.1)
-    except BaseException:
-        _kill(procs)
-        raise
-    failed = [f"{role} exited {p.returncode}" for role, p in zip(roles, procs) if p.returncode]
-    if failed:
-        raise RuntimeError("dist_sync: " + ", ".join(failed))
+    commands = [(cmd, dmlc_environment(role, replicas, port)) for role in roles]
+    run_processes(commands, timeout, "mx dist_sync (" + ", ".join(roles) + ")")
 
 
 def launch(case_dir, out, *, timeout: float) -> None:

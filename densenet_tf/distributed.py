@@ -37,9 +37,6 @@ from densenet_tf import precision  # noqa: F401  first: sets TF_ENABLE_ONEDNN_OP
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from densenet_spec.case import Case, read_case, write_results
+from densenet_spec.distributed import ProcessFailed, free_ports, run_processes
 from densenet_spec.errors import DenseNetError, DeviceUnavailableError, UsageError
 from densenet_spec.params import param_specs, trainable_names
 from densenet_spec.replicas import check_results, replica_options, running_names
@@ -64,25 +62,11 @@ from densenet_tf.weights import from_canonical
 
 ENGINES = ("mirrored", "multi-worker")
 ENGINE_ENV = "DENSENET_TF_DISTRIBUTE"
-KILL_GRACE_S = 5
-POLL_S = 0.2
 SUM, MEAN = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
 
 
 # ---------------------------------------------------------------------------------------------
 # The launcher (no TensorFlow computation in this process)
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports free on the loopback interface now (one per worker)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def tf_config(ports: list[int], index: int, host: str = "127.0.0.1") -> str:
@@ -126,7 +110,7 @@ def launch(case_dir, out, *, timeout: float, engine: str | None = None) -> None:
     engine = engine or by_case or os.environ.get(ENGINE_ENV) or "mirrored"
     replicas, _, _ = replica_options(case)
     commands = launch_commands([case_dir, out], replicas, engine, case.device)
-    run_processes(commands, timeout, f"tf {engine}")
+    run_tf_processes(commands, timeout, f"tf {engine}")
 
 
 def launch_training(job_dir, *, timeout: float) -> None:
@@ -140,64 +124,24 @@ def launch_training(job_dir, *, timeout: float) -> None:
             f"{ENGINE_ENV}={engine!r}: densenet-train --replicas runs on the mirrored engine only"
         )
     try:
-        run_processes(launch_commands(["train", job_dir], 1, engine), timeout, "tf training")
+        commands = launch_commands(["train", job_dir], 1, engine)
+        run_tf_processes(commands, timeout, "tf training")
     except ProcessFailed as e:
         if e.code == 2:
             raise TrainingRefused(f"the training process refused the job ({e})") from None
         raise
 
 
-class ProcessFailed(RuntimeError):
-    """A launched process exited non-zero (code: its exit status)."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
-
-
 class TrainingRefused(DenseNetError):
     """launch_training's process stopped with a named error (printed on its stderr)."""
 
 
-def run_processes(commands: list[tuple[list[str], dict]], timeout: float, what: str) -> None:
-    """Start every (command, extra environment) in its own session (Keras on TensorFlow, no
-    inherited TF_CONFIG) and wait for all. The first failure (ProcessFailed), the timeout
-    (TimeoutError) or an interrupt kills every process group."""
+def run_tf_processes(commands: list[tuple[list[str], dict]], timeout: float, what: str) -> None:
+    """densenet_spec.distributed.run_processes with each (command, extra environment) on Keras'
+    TensorFlow backend and without an inherited TF_CONFIG."""
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
     env.pop("TF_CONFIG", None)
-    procs: list[subprocess.Popen] = []
-    try:
-        for cmd, extra in commands:
-            procs.append(subprocess.Popen(cmd, env={**env, **extra}, start_new_session=True))
-        deadline = time.monotonic() + timeout
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
-            if failed:
-                i, code = failed[0]
-                raise ProcessFailed(f"{what}: process {i} of {len(procs)} exited {code}", code)
-            if all(c == 0 for c in codes):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not done after {timeout:g} s")
-            time.sleep(POLL_S)
-    except BaseException:
-        for p in procs:
-            _kill_group(p)
-        raise
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process's group (its own session), then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    run_processes([(cmd, {**env, **extra}) for cmd, extra in commands], timeout, what)
 
 
 # ---------------------------------------------------------------------------------------------

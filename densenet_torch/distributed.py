@@ -23,9 +23,6 @@ import inspect
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +33,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from densenet_spec.case import Case, read_case, write_results
+from densenet_spec.distributed import free_ports, run_processes
 from densenet_spec.params import trainable_names
 from densenet_spec.replicas import check_results, replica_options, running_names
 from densenet_torch import train
@@ -46,15 +44,6 @@ from densenet_torch.model import DenseNet
 from densenet_torch.precision import DTYPES
 from densenet_torch.sync_batchnorm import sync_batch_norm
 from densenet_torch.weights import from_canonical, to_canonical
-
-KILL_GRACE_S = 5
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface now (torchrun's master port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_command(args: list, replicas: int, port: int) -> list[str]:
@@ -82,21 +71,8 @@ def launch_training(job_dir, *, timeout: float) -> None:
 
 def _torchrun(args: list, replicas: int, timeout: float) -> None:
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    cmd = launch_command(args, replicas, free_port())
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    try:
-        code = proc.wait(timeout=timeout)
-    except BaseException:
-        for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=wait)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
-        raise
-    if code != 0:
-        raise RuntimeError(f"torchrun exited {code}")
+    (port,) = free_ports()
+    run_processes([(launch_command(args, replicas, port), env)], timeout, "torchrun")
 
 
 class Replica:

@@ -89,3 +89,25 @@ def test_keys_options_and_mutation(case):
         replicas.replica_case(case, 2, "global")
     with pytest.raises(ValueError, match="equal shards"):
         reference.shards(case.x, 3)
+
+
+def test_a_failing_process_ends_every_process_and_a_timeout_kills_them():
+    """densenet_spec.distributed.run_processes, what every engine's launch uses: one process
+    exits with an error while another waits: it raises at once (the exit code kept) and leaves
+    no process behind; a timeout does the same."""
+    import os
+    import sys
+    import time
+
+    from densenet_spec.distributed import ProcessFailed, run_processes
+
+    env = dict(os.environ)
+    sleeper = ([sys.executable, "-c", "import time; time.sleep(60)"], env)
+    failing = ([sys.executable, "-c", "raise SystemExit(3)"], env)
+    start = time.monotonic()
+    with pytest.raises(ProcessFailed, match="test: process 1 exited 3") as failed:
+        run_processes([sleeper, failing], timeout=30, what="test")
+    assert failed.value.code == 3
+    with pytest.raises(TimeoutError, match="not done after 0.5 s"):
+        run_processes([sleeper], timeout=0.5, what="test")
+    assert time.monotonic() - start < 20  # the sleepers were killed, not waited for

@@ -87,7 +87,7 @@ def test_launch_kills_every_worker_on_timeout(tmp_path, monkeypatch):
         started.append(popen(*args, **kwargs))
         return started[-1]
 
-    monkeypatch.setattr(distributed.subprocess, "Popen", recording)
+    monkeypatch.setattr(subprocess, "Popen", recording)
     _, folder = _case(tmp_path, "synchronised", "broadcast", steps=1)
     with pytest.raises(TimeoutError):
         distributed.launch(folder, tmp_path / "r.safetensors", timeout=1, engine="multi-worker")
