@@ -424,6 +424,8 @@ def mutated(case: Case, kind: str) -> Case:
         return dataclasses.replace(case, options={**case.options, "mutate": "same_padding"})
     if kind in DRIVER_MUTATIONS:  # applied by the driver, not the adapter
         return dataclasses.replace(case, options={**case.options, "driver_mutate": kind})
+    if kind in REPLICA_MUTATIONS:  # the other BatchNorm semantics than the replica case asks for
+        return replicas.mutation_case(case)
     raise ValueError(f"unknown mutation {kind!r}; known: {', '.join(MUTATIONS)}")
 
 
@@ -543,25 +545,36 @@ def run_parity(
     mutations = mutations or {}
     check_targets(frameworks, case.quantities, case.dtype, case.device, mutations)
     case = with_pieces(case)
+    what = f"worker ({case.dtype}, {case.device}, {case.variant} model)"
+    runs = run_workers(
+        case, frameworks, mutations, what, workdir, setup, log, worker_timeout, pythons
+    )
+    report = evaluate(case, runs, log=log, command=command, mutations=mutations)
+    report.weights = dict(weights or {})
+    return report
+
+
+def run_workers(
+    case: Case, frameworks, mutations: dict, what: str, workdir, setup, log, timeout, pythons
+) -> dict[str, FrameworkRun]:
+    """Every framework's worker on `case` (a framework under --mutate on mutated(case)), each in
+    its own environment; the case folders live in `workdir`, else in a temporary folder."""
     with tempfile.TemporaryDirectory(prefix="densenet-parity-") as tmp:
-        case_dir = write_case(case, Path(workdir or tmp) / "case")
+        root = Path(workdir or tmp)
+        case_dir = write_case(case, root / "case")
         runs = {}
         for fw in frameworks:
             fw_dir = case_dir
             if fw in mutations:
                 log(f"MUTATING {fw}: {mutations[fw]} (self-check: this run must fail)")
-                fw_dir = write_case(
-                    mutated(case, mutations[fw]), Path(workdir or tmp) / f"case-{fw}"
-                )
-            log(f"running {fw} worker ({case.dtype}, {case.device}, {case.variant} model)")
+                fw_dir = write_case(mutated(case, mutations[fw]), root / f"case-{fw}")
+            log(f"running {fw} {what}")
             runs[fw] = run_worker(
-                fw, fw_dir, setup, log, timeout=worker_timeout, case=case, pythons=pythons
+                fw, fw_dir, setup, log, timeout=timeout, case=case, pythons=pythons
             )
             status = f"done in {runs[fw].info.get('seconds', '?')} s" if runs[fw].ok else "FAILED"
             log(f"{fw}: {status}")
-    report = evaluate(case, runs, log=log, command=command, mutations=mutations)
-    report.weights = dict(weights or {})
-    return report
+    return runs
 
 
 def evaluate(
@@ -757,20 +770,10 @@ def run_replica_parity(
     derived from the oracle's own float32 replica run (replicas.float32_errors)."""
     replicas.replica_options(case)
     mutations = mutations or {}
-    with tempfile.TemporaryDirectory(prefix="densenet-parity-replicas-") as tmp:
-        root = Path(workdir or tmp)
-        case_dir = write_case(case, root / "case")
-        runs = {}
-        for fw in frameworks:
-            fw_dir = case_dir
-            if fw in mutations:
-                log(f"MUTATING {fw}: {mutations[fw]} (self-check: this run must fail)")
-                fw_dir = write_case(replicas.mutation_case(case), root / f"case-{fw}")
-            log(f"running {fw} on {case.options['replicas']} replicas ({case.options['bn_sync']})")
-            runs[fw] = run_worker(
-                fw, fw_dir, setup, log, timeout=worker_timeout, case=case, pythons=pythons
-            )
-            log(f"{fw}: {'done' if runs[fw].ok else 'FAILED'}")
+    what = f"on {case.options['replicas']} replicas ({case.options['bn_sync']})"
+    runs = run_workers(
+        case, frameworks, mutations, what, workdir, setup, log, worker_timeout, pythons
+    )
     log("running the NumPy oracle (replica semantics)")
     start = time.perf_counter()
     truth = replicas.oracle(case)
