@@ -66,6 +66,7 @@ from densenet_spec.errors import (
     DeviceUnavailableError,
     OptimizerStateError,
     UsageError,
+    exit_code,
 )
 from densenet_spec.params import check_momentum_buffers, param_specs, stage_names, trainable_names
 from densenet_spec.replicas import check_results, replica_options, running_names
@@ -531,14 +532,13 @@ def run_training(job_dir) -> int:
     from densenet_spec.training import run_job
 
     job = json.loads((Path(job_dir) / "job.json").read_text())
-    try:
+
+    def run() -> None:
         if job["device"] == "cpu":
             jax.config.update("jax_num_cpu_devices", int(job["replicas"]["replicas"]))
         run_job("densenet_jax", job_dir)
-    except DenseNetError as e:  # a named refusal: its message, exit 2 (densenet_spec.training)
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(run)  # a named refusal exits 2 with its message (densenet_spec.training)
 
 
 def main(argv=None) -> int:

@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import time
-import traceback
 
 DEFAULT_TIMEOUT_S = 600.0
 KILL_GRACE_S = 5  # seconds between SIGTERM and SIGKILL
@@ -123,17 +122,9 @@ def main(argv=None) -> int:
     if len(argv) not in (3, 4):
         print(__doc__, file=sys.stderr)
         return 2
-    from densenet_spec.errors import DenseNetError
+    from densenet_spec.errors import exit_code
 
-    try:
-        run(*argv[:3], *(float(a) for a in argv[3:]))
-    except DenseNetError as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except Exception:
-        traceback.print_exc()
-        return 1
-    return 0
+    return exit_code(run, *argv[:3], *(float(a) for a in argv[3:]))
 
 
 if __name__ == "__main__":

@@ -154,3 +154,21 @@ class LabelError(DenseNetError, ValueError):
 
 class DTypeError(DenseNetError, TypeError):
     """A model or input dtype the spec does not run in (float32 and float64 only)."""
+
+
+def exit_code(run, *args) -> int:
+    """The exit status of a worker process that runs run(*args): 0; 2 for a DenseNetError, its
+    message on stderr (a named refusal the parent reports as it is); 1 for anything else, with
+    the traceback."""
+    import sys
+    import traceback
+
+    try:
+        run(*args)
+    except DenseNetError as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0

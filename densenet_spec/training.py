@@ -49,7 +49,6 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -593,23 +592,20 @@ def main(argv=None) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    from densenet_spec.errors import DenseNetError
+    from densenet_spec.errors import exit_code
 
-    try:
-        package, job_dir = argv
-        replicas = json.loads((Path(job_dir) / "job.json").read_text()).get("replicas")
-        module = distributed_module(package) if replicas and package != "numpy" else None
-        if module is not None and hasattr(module, "launch_training"):
-            module.launch_training(job_dir, timeout=LAUNCH_TIMEOUT_S)  # its processes run_job
-        else:
-            run_job(package, job_dir)
-    except DenseNetError as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except Exception:
-        traceback.print_exc()
-        return 1
-    return 0
+    return exit_code(run_worker_job, *argv)
+
+
+def run_worker_job(package: str, job_dir) -> None:
+    """The job in this process (run_job), or through the package's launch_training when a
+    data-parallel engine needs processes of its own (they run run_job)."""
+    replicas = json.loads((Path(job_dir) / "job.json").read_text()).get("replicas")
+    module = distributed_module(package) if replicas and package != "numpy" else None
+    if module is not None and hasattr(module, "launch_training"):
+        module.launch_training(job_dir, timeout=LAUNCH_TIMEOUT_S)
+    else:
+        run_job(package, job_dir)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import importlib
 import platform
 import sys
 import time
-import traceback
 
 
 def run(package: str, case_dir: str) -> tuple[dict, dict]:
@@ -50,18 +49,13 @@ def main(argv=None) -> int:
         return 2
     package, case_dir, out = argv
     from densenet_spec.case import write_results
-    from densenet_spec.errors import DenseNetError
+    from densenet_spec.errors import exit_code
 
-    try:
+    def work() -> None:
         results, info = run(package, case_dir)
         write_results(out, results, info)
-    except DenseNetError as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except Exception:
-        traceback.print_exc()
-        return 1
-    return 0
+
+    return exit_code(work)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import tensorflow as tf
 
 from densenet_spec.case import Case, read_case, write_results
 from densenet_spec.distributed import ProcessFailed, free_ports, run_processes
-from densenet_spec.errors import DenseNetError, DeviceUnavailableError, UsageError
+from densenet_spec.errors import DenseNetError, DeviceUnavailableError, UsageError, exit_code
 from densenet_spec.params import param_specs, trainable_names
 from densenet_spec.replicas import check_results, replica_options, running_names
 from densenet_tf import train
@@ -472,13 +472,12 @@ def run_training(job_dir) -> int:
     from densenet_spec.training import run_job
 
     job = json.loads((Path(job_dir) / "job.json").read_text())
-    try:
+
+    def run() -> None:
         strategy_for(job["device"], int(job["replicas"]["replicas"]))
         run_job("densenet_tf", job_dir)
-    except DenseNetError as e:  # a named refusal: its message, exit 2 (densenet_spec.training)
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(run)  # a named refusal exits 2 with its message (densenet_spec.training)
 
 
 @tf.function(autograph=False)

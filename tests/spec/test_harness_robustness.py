@@ -206,3 +206,19 @@ def test_float32_multi_step_runs_say_when_their_step_bounds_check_little(
     assert report.to_json()["notes"] == ([note] if noted else [])
     if noted:
         assert "1 of 1 step bounds exceed 0.01" in note and "stem.conv.weight" in note
+
+
+def test_worker_exit_codes_name_refusals_and_keep_tracebacks(capsys):
+    """errors.exit_code, every worker process's convention: 0; 2 and the message for a named
+    error; 1 and the traceback for anything else."""
+    from densenet_spec.errors import UsageError, exit_code
+
+    def refuse():
+        raise UsageError("no such thing")
+
+    def crash():
+        raise KeyError("bug")
+
+    assert exit_code(lambda: None) == 0
+    assert exit_code(refuse) == 2 and "UsageError: no such thing" in capsys.readouterr().err
+    assert exit_code(crash) == 1 and "Traceback" in capsys.readouterr().err
