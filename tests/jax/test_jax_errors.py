@@ -8,12 +8,18 @@ jax = pytest.importorskip("jax")
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from densenet_testing import (  # noqa: E402
+    NAN_WINDOWS,
+    check_nan_logits,
+    max_pool_reference,
+    nan_images,
+    nan_pool_input,
+)
 from flax import nnx  # noqa: E402
 
 from densenet_jax import DenseNet, from_file, from_preset, make_model, xla_cpu  # noqa: E402
 from densenet_jax.train import gradients, make_optimizer, train_step  # noqa: E402
 from densenet_jax.weights import from_canonical, to_canonical  # noqa: E402
-from densenet_spec import reference  # noqa: E402
 from densenet_spec.case import SGDConfig  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_spec.errors import DTypeError, InputShapeError, LabelError  # noqa: E402
@@ -34,39 +40,20 @@ def _model(variant="plain", dtype="float64"):
 @pytest.mark.parametrize("variant", ["plain", "fast"])
 @pytest.mark.parametrize("where", ["one pixel", "all"])
 def test_an_image_with_nan_gives_nan_logits_like_the_oracle(variant, where):
-    params = init_params(TINY, 0, np.float64, randomize_bn=True)
-    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32))
-    if where == "all":
-        x[0] = np.nan
-    else:
-        x[0, 1, 5, 7] = np.nan
+    params, x = nan_images(where)
     model = _model(variant)
     for training in (False, True):
         model.train() if training else model.eval()
         got = np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(x.transpose(0, 2, 3, 1))))
-        want = reference.forward_features(params, TINY, x, training)[0]["logits"]
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-        assert np.isnan(got[0]).all()
-        if not training:  # eval mode: the other image is untouched and matches the oracle
-            np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
+        check_nan_logits(got, params, x, training)
 
 
 @pytest.mark.parametrize("pool", [nnx.max_pool, xla_cpu.max_pool], ids=["nnx", "xla_cpu"])
 def test_max_pools_give_nan_exactly_in_windows_holding_one(pool):
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 3, 9, 9))
-    x[0, 1, 3, 3] = np.nan  # one pixel on a window border: four windows
-    x[1, 2] = np.nan  # a whole channel: every window
+    x = nan_pool_input()
     got = np.asarray(pool(jnp.asarray(x.transpose(0, 2, 3, 1)), (3, 3), (2, 2), ((1, 1), (1, 1))))
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    want = np.stack(
-        [
-            np.stack([xp[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max((2, 3)) for j in range(5)])
-            for i in range(5)
-        ]
-    ).transpose(2, 0, 1, 3)  # NHWC; np.max propagates NaN, as the oracle's pool does
-    np.testing.assert_array_equal(got, want)
-    assert np.isnan(got).sum() == 4 + 25
+    np.testing.assert_array_equal(got, max_pool_reference(x).transpose(0, 2, 3, 1))  # NHWC
+    assert np.isnan(got).sum() == NAN_WINDOWS
 
 
 # ---- dtypes

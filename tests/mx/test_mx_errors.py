@@ -6,6 +6,13 @@ import pytest
 mx = pytest.importorskip("mxnet")
 
 import numpy as np  # noqa: E402
+from densenet_testing import (  # noqa: E402
+    NAN_WINDOWS,
+    check_nan_logits,
+    max_pool_reference,
+    nan_images,
+    nan_pool_input,
+)
 from mxnet import autograd, gluon, nd  # noqa: E402
 
 from densenet_mx import DenseNet, from_preset, load, make_model  # noqa: E402
@@ -13,7 +20,6 @@ from densenet_mx.canonical import UninitializedModelError  # noqa: E402
 from densenet_mx.max_pool import NaNMaxPool2D  # noqa: E402
 from densenet_mx.train import gradients, make_optimizer, train_step  # noqa: E402
 from densenet_mx.weights import from_canonical, save_weights, to_canonical  # noqa: E402
-from densenet_spec import reference  # noqa: E402
 from densenet_spec.case import SGDConfig  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_spec.errors import DTypeError, InputShapeError, LabelError  # noqa: E402
@@ -55,23 +61,13 @@ def test_nan_max_pool_is_gluons_max_pool_bit_for_bit_without_nan(dtype, hybridiz
 
 @pytest.mark.parametrize("hybridize", [False, True])
 def test_nan_max_pool_gives_nan_exactly_in_windows_holding_one(hybridize):
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 3, 9, 9))
-    x[0, 1, 3, 3] = np.nan  # one pixel on a window border: four windows
-    x[1, 2] = np.nan  # a whole channel: every window
+    x = nan_pool_input()
     pool = NaNMaxPool2D(3, 2, 1)
     if hybridize:
         pool.hybridize()
     got = pool(nd.array(x, dtype="float64")).asnumpy()
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    want = np.stack(
-        [
-            np.stack([xp[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max((2, 3)) for j in range(5)])
-            for i in range(5)
-        ]
-    ).transpose(2, 3, 0, 1)  # np.max propagates NaN, as the oracle's pool does
-    np.testing.assert_array_equal(got, want)
-    assert np.isnan(got).sum() == 4 + 25
+    np.testing.assert_array_equal(got, max_pool_reference(x))
+    assert np.isnan(got).sum() == NAN_WINDOWS
     plain = gluon.nn.MaxPool2D(3, 2, 1)(nd.array(x, dtype="float64")).asnumpy()
     assert not np.isnan(plain).any()  # MXNet's own pool skips NaN: why NaNMaxPool2D exists
 
@@ -79,23 +75,13 @@ def test_nan_max_pool_gives_nan_exactly_in_windows_holding_one(hybridize):
 @pytest.mark.parametrize("variant", ["plain", "fast"])
 @pytest.mark.parametrize("where", ["one pixel", "all"])
 def test_an_image_with_nan_gives_nan_logits_like_the_oracle(variant, where):
-    params = init_params(TINY, 0, np.float64, randomize_bn=True)
-    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32))
-    if where == "all":
-        x[0] = np.nan
-    else:
-        x[0, 1, 5, 7] = np.nan
+    params, x = nan_images(where)
     model = make_model(TINY, variant, dtype="float64")
     from_canonical(model, params)
     for training in (False, True):
         with autograd.train_mode() if training else autograd.predict_mode():
             got = model(nd.array(x, dtype="float64")).asnumpy()
-        features, _ = reference.forward_features(params, TINY, x, training)
-        want = features["logits"]
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-        assert np.isnan(got[0]).all()
-        if not training:  # eval mode: the other image is untouched and matches the oracle
-            np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
+        check_nan_logits(got, params, x, training)
 
 
 def test_the_plain_max_pool_can_still_be_injected():

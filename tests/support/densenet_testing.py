@@ -55,3 +55,54 @@ def check_mutation_errors(run_case) -> None:
     cifar = make_case(get_preset("densenet_bc_100"), batch=2, image_size=8, quantities=("eval",))
     with pytest.raises(ValueError, match="ImageNet stem"):
         run_case(dataclasses.replace(cifar, options={"mutate": "same_padding"}))
+
+
+# ---- NaN through the stem's max-pool (every framework's errors tests)
+
+NAN_WINDOWS = 4 + 25  # windows of nan_pool_input() that hold a NaN (3x3, stride 2, pad 1: 5x5 out)
+
+
+def nan_pool_input() -> np.ndarray:
+    """(2, 3, 9, 9) NCHW: one NaN on a window border (four windows), one all-NaN channel."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 9, 9))
+    x[0, 1, 3, 3] = np.nan
+    x[1, 2] = np.nan
+    return x
+
+
+def max_pool_reference(x: np.ndarray) -> np.ndarray:
+    """The stem's 3x3 / stride 2 / pad 1 max-pool of NCHW x with -inf padding, as the oracle's
+    pool computes it: np.max propagates NaN."""
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    out = (x.shape[2] + 1) // 2
+    rows = [
+        np.stack([xp[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max((2, 3)) for j in range(out)])
+        for i in range(out)
+    ]
+    return np.stack(rows).transpose(2, 3, 0, 1)
+
+
+def nan_images(where: str) -> tuple[dict, np.ndarray]:
+    """Tiny's weights and two NCHW 32x32 images, the first with NaN in one pixel or ("all")
+    everywhere."""
+    from densenet_spec.params import init_params
+
+    params = init_params(get_preset("tiny"), 0, np.float64, randomize_bn=True)
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32))
+    if where == "all":
+        x[0] = np.nan
+    else:
+        x[0, 1, 5, 7] = np.nan
+    return params, x
+
+
+def check_nan_logits(got: np.ndarray, params: dict, x: np.ndarray, training: bool) -> None:
+    """NaN exactly where the oracle has it (all of image 0); in eval mode image 1 is untouched
+    and matches the oracle."""
+    from densenet_spec import reference
+
+    want = reference.forward_features(params, get_preset("tiny"), x, training)[0]["logits"]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[0]).all()
+    if not training:
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-10)

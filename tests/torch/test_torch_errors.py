@@ -6,8 +6,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import numpy as np  # noqa: E402
+from densenet_testing import (  # noqa: E402
+    NAN_WINDOWS,
+    check_nan_logits,
+    max_pool_reference,
+    nan_images,
+    nan_pool_input,
+)
 
-from densenet_spec import reference  # noqa: E402
 from densenet_spec.case import SGDConfig  # noqa: E402
 from densenet_spec.config import get_preset  # noqa: E402
 from densenet_spec.errors import DTypeError, InputShapeError, LabelError  # noqa: E402
@@ -25,43 +31,23 @@ TINY = get_preset("tiny")  # ImageNet stem: conv 7x7/2, BN, ReLU, max-pool 3x3/2
 @pytest.mark.parametrize("variant", ["plain", "fast"])
 @pytest.mark.parametrize("where", ["one pixel", "all"])
 def test_an_image_with_nan_gives_nan_logits_like_the_oracle(variant, where):
-    params = init_params(TINY, 0, np.float64, randomize_bn=True)
-    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32))
-    if where == "all":
-        x[0] = np.nan
-    else:
-        x[0, 1, 5, 7] = np.nan
+    params, x = nan_images(where)
     model = make_model(TINY, variant, dtype="float64")
     from_canonical(model, params)
     for training in (False, True):
         model.train(training)
         with torch.no_grad():
             got = model(torch.from_numpy(x)).numpy()
-        features, _ = reference.forward_features(params, TINY, x, training)
-        want = features["logits"]
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-        assert np.isnan(got[0]).all()
-        if not training:  # eval mode: the other image is untouched and matches the oracle
-            np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
+        check_nan_logits(got, params, x, training)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_torchs_max_pool_gives_nan_exactly_in_windows_holding_one(memory_format):
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 3, 9, 9))
-    x[0, 1, 3, 3] = np.nan  # one pixel on a window border: four windows
-    x[1, 2] = np.nan  # a whole channel: every window
+    x = nan_pool_input()
     pool = torch.nn.MaxPool2d(3, stride=2, padding=1)
     got = pool(torch.from_numpy(x).contiguous(memory_format=memory_format)).numpy()
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    want = np.stack(
-        [
-            np.stack([xp[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max((2, 3)) for j in range(5)])
-            for i in range(5)
-        ]
-    ).transpose(2, 3, 0, 1)  # np.max propagates NaN, as the oracle's pool does
-    np.testing.assert_array_equal(got, want)
-    assert np.isnan(got).sum() == 4 + 25
+    np.testing.assert_array_equal(got, max_pool_reference(x))
+    assert np.isnan(got).sum() == NAN_WINDOWS
 
 
 # ---- dtypes
