@@ -1,10 +1,9 @@
 """densenet-parity end to end: the console command, its JSON, its exit codes and its errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from densenet_testing import spec_command
 
 import densenet_envs as envs
 from densenet_spec.case import make_case, result_keys
@@ -13,13 +12,7 @@ from densenet_spec.params import param_specs, stage_names
 
 
 def parity(*args, timeout=900):
-    return subprocess.run(
-        [sys.executable, "-m", "densenet_spec.cli", *args, "--no-setup"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=envs.worker_env("spec"),
-    )
+    return spec_command("densenet_spec.cli", *args, "--no-setup", timeout=timeout)
 
 
 def test_d2l_torch_float64_writes_every_comparison(tmp_path, require_envs):

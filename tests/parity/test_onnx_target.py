@@ -17,9 +17,9 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
-import sys
 
 import pytest
+from densenet_testing import spec_command
 
 import densenet_envs as envs
 from densenet_spec import cli, harness
@@ -55,13 +55,7 @@ def require_onnx_mx(require_envs):
 
 
 def parity(*args, timeout=900):
-    return subprocess.run(
-        [sys.executable, "-m", "densenet_spec.cli", *map(str, args), "--no-setup"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=envs.worker_env("spec"),
-    )
+    return spec_command("densenet_spec.cli", *args, "--no-setup", timeout=timeout)
 
 
 def test_torch_and_onnx_pass_eval_in_float32_with_derived_bounds(tmp_path, require_onnx):

@@ -1,22 +1,13 @@
 """densenet-parity --replicas (issue 20): torch DDP against the oracle's replica semantics."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-
-import densenet_envs as envs
+from densenet_testing import spec_command
 
 
 def parity(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "densenet_spec.cli", *args, "--no-setup"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=envs.worker_env("spec"),
-    )
+    return spec_command("densenet_spec.cli", *args, "--no-setup", timeout=timeout)
 
 
 TINY = ("--preset", "tiny", "--replicas", "2", "--dtype", "float64", "--frameworks", "torch",
@@ -78,13 +69,7 @@ def test_torch_two_replicas_float32_bounds_are_derived_and_catch_the_other_seman
 
 
 def bench(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "densenet_bench.cli", *args, "--no-setup"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=envs.worker_env("spec"),
-    )
+    return spec_command("densenet_bench.cli", *args, "--no-setup", timeout=timeout)
 
 
 def test_bench_replicas_measures_each_count_against_the_same_runs_baseline(tmp_path, require_envs):

@@ -3,12 +3,11 @@ errors, and (where the framework environments are built) cross-framework resume.
 
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from densenet_testing import spec_command
 
 import densenet_envs as envs
 from densenet_spec import training
@@ -35,13 +34,7 @@ SPE = 11
 
 
 def train(*args, timeout=900):
-    return subprocess.run(
-        [sys.executable, "-m", "densenet_spec.train_cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=envs.worker_env("spec"),
-    )
+    return spec_command("densenet_spec.train_cli", *args, timeout=timeout)
 
 
 def test_oracle_run_writes_metrics_checkpoints_summary_and_plot(tmp_path):

@@ -10,14 +10,12 @@ itself), where those environments exist. The config always comes from the file.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from densenet_testing import spec_command
 from safetensors.numpy import save_file
 
-import densenet_envs as envs
 from densenet_convert import cli as convert_cli
 from densenet_convert import gluon_format, keras_format, torchvision_format
 from densenet_spec import cli, weightfile
@@ -44,13 +42,7 @@ GLUON = get_preset("densenet121").replace(
 
 
 def parity(*args, timeout=900):
-    return subprocess.run(
-        [sys.executable, "-m", "densenet_spec.cli", *map(str, args), "--no-setup"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=envs.worker_env("spec"),
-    )
+    return spec_command("densenet_spec.cli", *args, "--no-setup", timeout=timeout)
 
 
 def _canonical(path, config, seed=0, dtype="float32"):

@@ -106,3 +106,20 @@ def check_nan_logits(got: np.ndarray, params: dict, x: np.ndarray, training: boo
     assert np.isnan(got[0]).all()
     if not training:
         np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
+
+
+def spec_command(module: str, *args, timeout: float = 900):
+    """`python -m <module> ARGS` in the spec environment, as a user runs a console command;
+    output captured as text (subprocess.CompletedProcess)."""
+    import subprocess
+    import sys
+
+    import densenet_envs as envs
+
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=envs.worker_env("spec"),
+    )
