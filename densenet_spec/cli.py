@@ -473,29 +473,18 @@ def main(argv=None) -> int:
     # the temporary case folder removed as the exception unwinds (harness.run_process).
     try:
         with terminate_as_interrupt(), console.status("starting", spinner="dots") as status:
-            if args.replicas > 1:  # data-parallel parity (issue 20)
-                result = run_replica_parity(
-                    case,
-                    frameworks,
-                    setup=not args.no_setup,
-                    log=report.logger(console, status),
-                    command=command,
-                    mutations=mutations,
-                    worker_timeout=args.worker_timeout,
-                    pythons=args.pythons,
-                )
-            else:
-                result = run_parity(
-                    case,
-                    frameworks,
-                    setup=not args.no_setup,
-                    log=report.logger(console, status),
-                    command=command,
-                    mutations=mutations,
-                    worker_timeout=args.worker_timeout,
-                    weights=weights.info if weights else None,
-                    pythons=args.pythons,
-                )
+            run = run_replica_parity if args.replicas > 1 else run_parity  # issue 20
+            result = run(
+                case,
+                frameworks,
+                setup=not args.no_setup,
+                log=report.logger(console, status),
+                command=command,
+                mutations=mutations,
+                worker_timeout=args.worker_timeout,
+                weights=weights.info if weights else None,
+                pythons=args.pythons,
+            )
     except (KeyboardInterrupt, Terminated) as e:
         name = "SIGINT" if isinstance(e, KeyboardInterrupt) else str(e)
         console.print(

@@ -763,6 +763,7 @@ def run_replica_parity(
     command: str = "",
     mutations: dict[str, str] | None = None,
     worker_timeout: float = WORKER_TIMEOUT_S,
+    weights: dict | None = None,
     pythons: dict | None = None,
 ) -> ParityReport:
     """A replica case (replicas.replica_case) on every framework's data-parallel engine, compared
@@ -796,7 +797,9 @@ def run_replica_parity(
         ra, rb = runs[a].results, runs[b].results
         comps = compare(ra, rb, case.dtype, errors32, symmetric=True, allowance=step)
         pairs.append(PairReport(a, b, comps, stages, params))
-    return ParityReport(case, runs, pairs, seconds, command, dict(mutations))
+    report = ParityReport(case, runs, pairs, seconds, command, dict(mutations))
+    report.weights = dict(weights or {})  # --weights: where the parameters came from
+    return report
 
 
 __all__ = [
