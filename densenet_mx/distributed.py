@@ -16,11 +16,12 @@ float64 in rank order, and a Trainer without kvstore steps. Results travel the s
 rank 0 worker, which writes them.
 
 BatchNorm: "per-replica" is the plain model (MXNet's kernel on each context, the spec's running
-statistic rule applied per context, running_stats.py); "synchronised" replaces every BatchNorm
-by sync_batchnorm.SyncBatchNorm (MXNet's contrib SyncBatchNorm refuses float64), summing over
-the contexts (AllSum) or over the dist_sync workers (ProcessAllSum). Buffers: each replica holds
-its own running statistics; "broadcast" copies replica 0's to every replica before each step
-(torch DDP's default), "local" leaves them. What the results hold: densenet_spec/replicas.py.
+statistic rule applied per context, running_stats.py); "synchronised" injects
+sync_batchnorm.SyncBatchNorm as the norm_layer (MXNet's contrib SyncBatchNorm refuses float64),
+summing over the contexts (AllSum) or over the dist_sync workers (ProcessAllSum). Buffers: each
+replica holds its own running statistics; "broadcast" copies replica 0's to every replica before
+each step (torch DDP's default), "local" leaves them. What the results hold:
+densenet_spec/replicas.py.
 
 Training (densenet-train --replicas R, densenet_spec.training): ReplicaAdapter runs the job's
 loop on the one-process engine (LocalEngine, kvstore "device"): whole batches in, each
@@ -50,7 +51,7 @@ from densenet_mx.memory_efficient import UNAVAILABLE
 from densenet_mx.model import DenseNet
 from densenet_mx.running_stats import RunningStatsCorrection, scale_in_one_call
 from densenet_mx.sgd import SpecSGD, load_spec_buffers, spec_buffers
-from densenet_mx.sync_batchnorm import AllSum, ProcessAllSum, use_sync_batch_norm
+from densenet_mx.sync_batchnorm import AllSum, ProcessAllSum, sync_batch_norm
 from densenet_mx.variants import FAST_HYBRIDIZE
 from densenet_mx.weights import from_canonical
 from densenet_spec.case import Case, read_case, write_results
@@ -113,9 +114,8 @@ class Replicas:
             running_stats = None
         elif fast:
             running_stats = partial(RunningStatsCorrection, scale=scale_in_one_call)
-        model = DenseNet(case.config, running_stats=running_stats)
-        if sync:
-            use_sync_batch_norm(model, self.allsum)
+        norm = {"norm_layer": sync_batch_norm(self.allsum)} if sync else {}
+        model = DenseNet(case.config, running_stats=running_stats, **norm)
         model.initialize(ctx=ctxs)
         model.cast(case.dtype)
         # SyncBatchNorm meets the other replicas in Python: the model runs imperatively.

@@ -6,7 +6,7 @@ from mxnet import nd
 from mxnet.gluon import nn
 
 from densenet_mx.inputs import check_input
-from densenet_mx.layers import DenseBlock, batch_norm, transition_block
+from densenet_mx.layers import DenseBlock, NormLayer, batch_norm, transition_block
 from densenet_mx.max_pool import NaNMaxPool2D
 from densenet_mx.running_stats import RunningStatsCorrection
 from densenet_spec.config import DenseNetConfig
@@ -19,6 +19,7 @@ class DenseNet(nn.HybridBlock):
     `model.hybridize()` traces one graph (same numbers as imperative mode). Train mode is
     autograd.record() / autograd.train_mode(). `running_stats(model)` makes the context that
     train.py runs every train step in; None keeps MXNet's own running-statistic rule.
+    `norm_layer(num_features, config)` builds every BatchNorm (default layers.batch_norm).
     `max_pool_layer`: the stem's max-pool (default max_pool.NaNMaxPool2D: NaN propagates).
     """
 
@@ -27,6 +28,7 @@ class DenseNet(nn.HybridBlock):
         config: DenseNetConfig,
         memory_efficient: bool = False,
         *,
+        norm_layer: NormLayer = batch_norm,
         running_stats: Callable | None = RunningStatsCorrection,
         max_pool_layer: Callable = NaNMaxPool2D,
     ):
@@ -43,7 +45,7 @@ class DenseNet(nn.HybridBlock):
                 in_channels=c.in_channels,
                 use_bias=c.conv_bias,
             )
-            self.stem.norm = batch_norm(c.num_init_features, c)
+            self.stem.norm = norm_layer(c.num_init_features, c)
             self.stem.relu = nn.Activation("relu")
             # parity: MXNet's max-pool skips NaN; the spec's propagates it (max_pool.py)
             self.stem.pool = max_pool_layer(pool_size=3, strides=2, padding=1)
@@ -55,16 +57,18 @@ class DenseNet(nn.HybridBlock):
         block_in = c.block_in_channels()
         self.blocks = nn.HybridSequential()  # used as lists: indexed, never called as a whole
         self.transitions = nn.HybridSequential()
+        k = c.growth_rate  # the paper's k: channels each dense layer adds
         for i, num_layers in enumerate(c.block_config):
-            self.blocks.add(DenseBlock(num_layers, block_in[i], c.growth_rate, c, memory_efficient))
+            self.blocks.add(
+                DenseBlock(num_layers, block_in[i], k, c, memory_efficient, norm_layer=norm_layer)
+            )
             if i < len(c.block_config) - 1:
-                channels = block_in[i] + num_layers * c.growth_rate
-                self.transitions.add(
-                    transition_block(channels, c.transition_out_channels(channels), c)
-                )
+                channels = block_in[i] + num_layers * k
+                out = c.transition_out_channels(channels)
+                self.transitions.add(transition_block(channels, out, c, norm_layer=norm_layer))
 
         self.head = nn.HybridSequential()
-        self.head.norm = batch_norm(c.num_features, c)  # final batch norm
+        self.head.norm = norm_layer(c.num_features, c)  # final batch norm
         self.head.relu = nn.Activation("relu")
         self.head.pool = nn.GlobalAvgPool2D()
         self.head.flatten = nn.Flatten()  # (N, C, 1, 1) -> (N, C)

@@ -22,9 +22,7 @@ import mxnet as mx
 from mxnet import autograd, nd
 from mxnet.gluon import nn
 
-from densenet_mx.canonical import block_at
 from densenet_spec.config import DenseNetConfig
-from densenet_spec.params import param_specs
 
 
 class AllSum:
@@ -143,17 +141,11 @@ class SyncBatchNorm(nn.BatchNorm):
         return centred * scale.reshape((1, -1, 1, 1)) + beta.reshape((1, -1, 1, 1))
 
 
-def use_sync_batch_norm(model: nn.Block, allsum: AllSum | ProcessAllSum) -> None:
-    """Replace every BatchNorm of an uninitialized DenseNet by a SyncBatchNorm, in place (same
-    attribute names, so the canonical names and the forward order are unchanged)."""
-    for spec in param_specs(model.config):
-        if spec.kind != "bn_running_mean":
-            continue
-        path = spec.name.rsplit(".", 1)[0]
-        parent, attr = path.rsplit(".", 1)
-        old = block_at(model, path)
-        setattr(
-            block_at(model, parent),
-            attr,
-            SyncBatchNorm(old.running_mean.shape[0], model.config, allsum),
-        )
+def sync_batch_norm(allsum: AllSum | ProcessAllSum):
+    """DenseNet(config, norm_layer=sync_batch_norm(allsum)): every BatchNorm a SyncBatchNorm
+    summing over the replicas `allsum` joins."""
+
+    def norm_layer(num_features: int, config: DenseNetConfig) -> SyncBatchNorm:
+        return SyncBatchNorm(num_features, config, allsum)
+
+    return norm_layer
