@@ -9,6 +9,7 @@ import numpy as np
 from densenet_spec.tolerances import (
     FLOAT32_FLOOR,
     FLOAT32_SAFETY,
+    FLOAT32_SCALE_FLOOR,
     FLOAT64,
     GRAD_FLOOR,
     family,
@@ -27,6 +28,17 @@ class Comparison:
         return bool(self.error <= self.bound)
 
 
+class DerivedErrors(dict):
+    """The oracle's own float32 errors by key (what float32 bounds are derived from) and the
+    measure they were taken in: `scales` maps each gradient key measured against its rounding
+    scale (reference.gradient_scales, tolerances.py) to that scale; compare() measures the
+    frameworks in the same units."""
+
+    def __init__(self, errors: dict, scales: dict[str, float] | None = None):
+        super().__init__(errors)
+        self.scales = dict(scales or {})
+
+
 def family_scales(reference: dict) -> dict[str, float]:
     scales: dict[str, float] = {}
     for k, v in reference.items():
@@ -35,13 +47,17 @@ def family_scales(reference: dict) -> dict[str, float]:
     return scales
 
 
-def rel_errors(a: dict, b: dict, *, symmetric: bool = False) -> dict[str, float]:
+def rel_errors(
+    a: dict, b: dict, *, symmetric: bool = False, scales: dict | None = None
+) -> dict[str, float]:
     """max|a-b| / max|b| per key common to both (b the reference).
 
     symmetric=True divides by max(max|a|, max|b|) instead, for framework pairs where neither is
     the reference. Exactly-zero keys divide by their family's largest value, other gradients by at
-    least GRAD_FLOOR times it (tolerances.py).
+    least GRAD_FLOOR times it (tolerances.py). scales: key -> its rounding scale, what those keys
+    divide by instead (float32 gradients, DerivedErrors.scales).
     """
+    scales_k = scales or {}
     scales_b = family_scales(b)
     scales = (
         {f: max(s, family_scales(a).get(f, 0.0)) for f, s in scales_b.items()}
@@ -57,7 +73,7 @@ def rel_errors(a: dict, b: dict, *, symmetric: bool = False) -> dict[str, float]
             out[k] = float("inf")
             continue
         diff = float(np.max(np.abs(x - y))) if x.size else 0.0
-        denom = _denominator(k, y, scales, x if symmetric else None)
+        denom = scales_k.get(k) or _denominator(k, y, scales, x if symmetric else None)
         out[k] = diff / denom if denom > 0 else (0.0 if diff == 0 else float("inf"))
     return out
 
@@ -124,8 +140,12 @@ def bounds_for(
     if float32_errors is None:
         raise ValueError("float32 bounds are derived: pass the oracle's own float32 errors")
     allowance = allowance or {}
+    scaled = getattr(float32_errors, "scales", {})
     return {
-        k: max(FLOAT32_FLOOR[family(k)], FLOAT32_SAFETY * float32_errors.get(k, 0.0))
+        k: max(
+            FLOAT32_SCALE_FLOOR if k in scaled else FLOAT32_FLOOR[family(k)],
+            FLOAT32_SAFETY * float32_errors.get(k, 0.0),
+        )
         + allowance.get(k, 0.0)
         for k in keys
     }
@@ -140,8 +160,10 @@ def compare(
     symmetric=False,
     allowance=None,
 ):
-    """List of Comparison for every key of b (the reference); a missing key is an infinite error."""
-    errors = rel_errors(a, b, symmetric=symmetric)
+    """List of Comparison for every key of b (the reference); a missing key is an infinite error.
+    float32: keys that float32_errors measured against their rounding scale are measured so."""
+    scales = getattr(float32_errors, "scales", None) if dtype == "float32" else None
+    errors = rel_errors(a, b, symmetric=symmetric, scales=scales)
     bounds = bounds_for(b.keys(), dtype, float32_errors, allowance)
     return [Comparison(k, errors.get(k, float("inf")), bounds[k]) for k in b]
 

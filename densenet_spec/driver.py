@@ -70,10 +70,10 @@ class PiecesMissingError(DenseNetError, RuntimeError):
 # Gradient-only mutations for the harness's self-check (--mutate FW:grad_scale), applied here, after
 # the adapter's backward, so that every framework has them with no adapter code: the forward, the
 # running statistics and the optimizer steps are untouched. grad_scale multiplies the first
-# convolution's weight gradient by 1 + GRAD_SCALE: 4.6x the largest float32 gradient bound the
-# piece-wise comparison derives (2.2e-3, d2l stem.norm.weight; stem.conv.weight's own is 1e-4,
-# tolerances.py), 10^7x the float64 one, and far inside the old ReLU-kink allowance (its median on
-# DenseNet-121 was 0.13), which could not have caught it.
+# convolution's weight gradient by 1 + GRAD_SCALE: on d2l 2.5e-3 of that gradient's rounding scale
+# (4x its value), 440x its float32 bound (5.6e-6 of the scale, tolerances.py), 10^7x the float64
+# one, and far inside the old ReLU-kink allowance (its median on DenseNet-121 was 0.13), which could
+# not have caught it.
 DRIVER_MUTATIONS = {"grad_scale": "stem.conv.weight"}
 GRAD_SCALE = 1e-2
 

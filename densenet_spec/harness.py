@@ -152,6 +152,8 @@ class ParityReport:
     pieces: dict = field(default_factory=dict)  # framework -> PairReport.pieces against the oracle
     piece_seconds: dict = field(default_factory=dict)  # framework -> oracle recomputation (s)
     weights: dict = field(default_factory=dict)  # --weights: file, format, config; {}: random
+    # float32 gradients: key -> (rounding scale, largest |value|) of the float64 oracle
+    rounding_scales: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -187,7 +189,8 @@ class ParityReport:
             "weights": self.weights,
             "oracle_seconds": round(self.oracle_seconds, 3),
             "mutations": self.mutations,
-            "notes": [n for n in (float32_steps_note(self),) if n],
+            "notes": report_notes(self),
+            "rounding_scales": {k: list(v) for k, v in self.rounding_scales.items()},
             "pairs": [
                 {
                     "a": p.a,
@@ -371,7 +374,8 @@ class OracleResults:
         """The ReLU-kink allowance (kinks.py), computed once, for frameworks without pieces."""
         if self._kinks is None:
             start = time.perf_counter()
-            self._kinks = float32_kink_allowance(self.case, self.truth)
+            scales = getattr(self.float32_errors, "scales", None)
+            self._kinks = float32_kink_allowance(self.case, self.truth, scales=scales)
             self.seconds += time.perf_counter() - start
         return self._kinks
 
@@ -637,7 +641,12 @@ def evaluate(
         )
         pairs.append(PairReport(a, b, comps, stages, params, note))
     oracle_s = oracle.seconds + sum(seconds.values())
-    return ParityReport(case, runs, pairs, oracle_s, command, dict(mutations), summaries, seconds)
+    report = ParityReport(case, runs, pairs, oracle_s, command, dict(mutations), summaries, seconds)
+    scales = getattr(float32_errors, "scales", {})
+    report.rounding_scales = {
+        k: (s, float(np.max(np.abs(truth[k])))) for k, s in scales.items() if k in truth
+    }
+    return report
 
 
 def check_timeout(seconds) -> float:
@@ -729,6 +738,28 @@ def float32_steps_note(report: ParityReport) -> str:
     )
 
 
+def float32_gradients_note(report: ParityReport) -> str:
+    """float32 gradients: the unit their errors and bounds are in (tolerances.py), or ""."""
+    scales = report.rounding_scales
+    if not scales:
+        return ""
+    grads = [x for p in report.pairs for x in p.comparisons if x.key in scales]
+    widest = max(grads, key=lambda x: x.bound)
+    key = max(scales, key=lambda k: scales[k][0] / max(scales[k][1], 1e-300))
+    ratio = scales[key][0] / max(scales[key][1], 1e-300)
+    return (
+        f"float32 gradients ({len(scales)} tensors) are measured against their rounding scale, "
+        "the sum of |terms| of each gradient's last sum, not against their value "
+        f"(tolerances.py); widest bound {widest.bound:.1e} ({widest.key}). Where terms cancel "
+        f"the value is smaller than its scale: {key} by {ratio:.3g}x"
+    )
+
+
+def report_notes(report: ParityReport) -> list[str]:
+    """What a reader needs to read the numbers right (the terminal report, parity.md, json)."""
+    return [n for n in (float32_gradients_note(report), float32_steps_note(report)) if n]
+
+
 def describe_where(where: dict[str, int], limit: int = 4) -> str:
     """'blocks.1.layers.11.norm1 (1), ... (+3 more)': the BatchNorms whose ReLUs differ."""
     names = sorted(where, key=lambda n: -where[n])
@@ -808,5 +839,6 @@ __all__ = [
     "ParityReport",
     "FrameworkRun",
     "family_table",
+    "report_notes",
     "default_image_size",
 ]

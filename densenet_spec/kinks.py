@@ -40,7 +40,7 @@ def kink_thresholds(case) -> dict[str, float]:
 
 
 def float32_kink_allowance(
-    case, reference: dict, thresholds: dict | None = None
+    case, reference: dict, thresholds: dict | None = None, scales: dict | None = None
 ) -> dict[str, float]:
     """Extra float32 bound for train_grad/<p> and step/<p> from ReLU masks rounding can flip.
 
@@ -48,8 +48,9 @@ def float32_kink_allowance(
     thresholds: ReLU name -> t (default kink_thresholds(case)). Entries of a train-mode ReLU input
     with |y| < t are near-kink. The float64 oracle's gradients are recomputed twice, with every
     near-kink derivative forced to 1 and then to 0; a key's allowance is
-    max(|g_on - g| + |g_off - g|) / (its rel_errors denominator), and step/<p> gets it carried
-    like float32_step_allowance. Empty when no entry is near a kink.
+    max(|g_on - g| + |g_off - g|) / (its rel_errors denominator: scales[key], the rounding
+    scale, where given), and step/<p> gets it carried like float32_step_allowance. Empty when
+    no entry is near a kink.
     """
     from densenet_spec import reference as oracle
 
@@ -73,7 +74,7 @@ def float32_kink_allowance(
         variant["input"] = grad_x  # train_grad/input
         for n, g in grads.items():
             change[n] += np.abs(variant[n] - g)
-    scales = family_scales({f"train_grad/{n}": g for n, g in grads.items()})
+    family = family_scales({f"train_grad/{n}": g for n, g in grads.items()})
     carried = _carried(case)
     out = {}
     for n, c in change.items():
@@ -81,7 +82,7 @@ def float32_kink_allowance(
         if a == 0:
             continue
         key = f"train_grad/{n}"
-        out[key] = a / _denominator(key, grads[n], scales)
+        out[key] = a / ((scales or {}).get(key) or _denominator(key, grads[n], family))
         if case.steps and n in case.params:
             scale = float(np.max(np.abs(reference.get(f"step/{n}", case.params[n]))))
             out[f"step/{n}"] = carried * a / max(scale, 1e-30)

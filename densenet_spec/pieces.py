@@ -35,7 +35,8 @@ import numpy as np
 
 from densenet_spec import reference
 from densenet_spec.case import Case, as_dtype, relu_names
-from densenet_spec.compare import rel_errors
+from densenet_spec.compare import DerivedErrors, rel_errors
+from densenet_spec.tolerances import is_exact_zero
 
 MODES = ("eval", "train")
 
@@ -143,13 +144,32 @@ def _steps_from(case64: Case, grads: dict) -> dict:
     return {f"step/{n}": state[n] for n in params}
 
 
-def float32_errors(case: Case, truth: dict, own: dict[str, Piece]) -> tuple[dict, dict]:
+def rounding_scales(case: Case) -> dict[str, float]:
+    """Gradient key -> its rounding scale: the largest entry of reference.gradient_scales (the
+    sum of |terms| of its last sum) on the float64 oracle's own pieces. Float32 gradient errors
+    are measured against it (tolerances.py); exactly-zero keys keep their own rule."""
+    case64 = as_dtype(case, "float64")
+    x, y = np.asarray(case64.x), np.asarray(case64.y)
+    out = {}
+    for mode in MODES:
+        scale_x, scales = reference.gradient_scales(
+            case64.params, case64.config, x, y, mode == "train"
+        )
+        found = {f"{mode}_grad/input": scale_x}
+        if mode == "train":
+            found.update({f"train_grad/{n}": s for n, s in scales.items()})
+        out.update({k: float(np.max(s)) for k, s in found.items() if not is_exact_zero(k)})
+    return {k: s for k, s in out.items() if s > 0}
+
+
+def float32_errors(case: Case, truth: dict, own: dict[str, Piece]) -> tuple[DerivedErrors, dict]:
     """(rel_errors of the oracle's own float32 run, its pieces): against the float64 oracle on
-    the float32 oracle's own pieces, so the errors are rounding alone, never a flipped kink. The
-    float32 bounds are derived from these (tolerances.py). truth: the float64 oracle's results
-    with piece keys."""
+    the float32 oracle's own pieces, so the errors are rounding alone, never a flipped kink;
+    gradients measured against their rounding scale (rounding_scales). The float32 bounds are
+    derived from these (tolerances.py). truth: the float64 oracle's results with piece keys."""
     case32 = dataclasses.replace(case, options={**case.options, "pieces": True})
     ours32, _ = reference.run_case(case32)
     pieces32 = pieces_of(ours32, case.config)
     ref = on_piece(case, pieces32, truth, own)
-    return rel_errors(ours32, ref), pieces32
+    scales = rounding_scales(case)
+    return DerivedErrors(rel_errors(ours32, ref, scales=scales), scales), pieces32

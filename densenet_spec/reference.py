@@ -38,8 +38,10 @@ def _pad(x: np.ndarray, pad: int, value: float = 0.0) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=value)
 
 
-def _conv2d(x, w, b, stride: int, pad: int):
-    """Cross-correlation with an OIHW kernel, as every framework's conv layer computes it."""
+def _conv2d(x, w, b, stride: int, pad: int, magnitude: bool = False):
+    """Cross-correlation with an OIHW kernel, as every framework's conv layer computes it.
+
+    magnitude: the backward's weight and bias gradients sum |terms| (gradient_scales)."""
     k = w.shape[2]
     xp = _pad(x, pad)
     cols = _windows(xp, k, stride)  # (N, C, Ho, Wo, k, k)
@@ -49,37 +51,45 @@ def _conv2d(x, w, b, stride: int, pad: int):
     out = np.ascontiguousarray(out)
 
     def backward(g):
-        gw = np.tensordot(g, cols, axes=([0, 2, 3], [0, 2, 3]))  # (O, C, k, k)
-        gb = None if b is None else g.sum(axis=(0, 2, 3))
-        # Each kernel offset (i, j) sent w[:, :, i, j] @ x over a strided grid of the padded
-        # input; send the gradient back the same way, one offset at a time.
-        gcols = np.tensordot(g, w, axes=([1], [0]))  # (N, Ho, Wo, C, k, k)
-        gxp = np.zeros(xp.shape, dtype=g.dtype)
-        ho, wo = g.shape[2], g.shape[3]
-        for i in range(k):
-            for j in range(k):
-                hs = slice(i, i + stride * (ho - 1) + 1, stride)
-                ws = slice(j, j + stride * (wo - 1) + 1, stride)
-                gxp[:, :, hs, ws] += gcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
-        gx = gxp[:, :, pad : pad + x.shape[2], pad : pad + x.shape[3]] if pad else gxp
-        return np.ascontiguousarray(gx), gw, gb
+        g_, cols_ = (np.abs(g), _windows(np.abs(xp), k, stride)) if magnitude else (g, cols)
+        gw = np.tensordot(g_, cols_, axes=([0, 2, 3], [0, 2, 3]))  # (O, C, k, k)
+        gb = None if b is None else g_.sum(axis=(0, 2, 3))
+        return _conv_input_grad(g, w, x.shape, stride, pad), gw, gb
 
     return out, backward
 
 
-def _batch_norm(x, mean, var, gamma, beta, eps: float, batch_stats: bool):
+def _conv_input_grad(g, w, x_shape, stride: int, pad: int):
+    """d loss / d x of _conv2d: each kernel offset (i, j) sent w[:, :, i, j] @ x over a strided
+    grid of the padded input; send the gradient back the same way, one offset at a time."""
+    k = w.shape[2]
+    gcols = np.tensordot(g, w, axes=([1], [0]))  # (N, Ho, Wo, C, k, k)
+    n, c, h, wd = x_shape
+    gxp = np.zeros((n, c, h + 2 * pad, wd + 2 * pad), dtype=g.dtype)
+    ho, wo = g.shape[2], g.shape[3]
+    for i in range(k):
+        for j in range(k):
+            hs = slice(i, i + stride * (ho - 1) + 1, stride)
+            ws = slice(j, j + stride * (wo - 1) + 1, stride)
+            gxp[:, :, hs, ws] += gcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(gxp[:, :, pad : pad + h, pad : pad + wd])
+
+
+def _batch_norm(x, mean, var, gamma, beta, eps: float, batch_stats: bool, magnitude=False):
     """y = (x - mean) / sqrt(var + eps) * gamma + beta, per channel.
 
     With batch_stats, mean and var are this batch's (biased) statistics, so they depend on x
-    and the backward pass carries the two extra terms through them.
+    and the backward pass carries the two extra terms through them. magnitude: the gamma and
+    beta gradients sum |terms| (gradient_scales).
     """
     inv_std = 1.0 / np.sqrt(var + eps)
     xhat = (x - mean[None, :, None, None]) * inv_std[None, :, None, None]
     out = xhat * gamma[None, :, None, None] + beta[None, :, None, None]
 
     def backward(g):
-        ggamma = (g * xhat).sum(axis=(0, 2, 3))
-        gbeta = g.sum(axis=(0, 2, 3))
+        g_ = np.abs(g) if magnitude else g
+        ggamma = (g_ * (np.abs(xhat) if magnitude else xhat)).sum(axis=(0, 2, 3))
+        gbeta = g_.sum(axis=(0, 2, 3))
         gxhat = g * gamma[None, :, None, None]
         if batch_stats:
             gxhat = (
@@ -158,10 +168,12 @@ def _global_avg_pool(x):
     return x.mean(axis=(2, 3)), backward
 
 
-def _linear(x, w, b):
-    """y = x @ W^T + b with W of shape (out, in)."""
+def _linear(x, w, b, magnitude: bool = False):
+    """y = x @ W^T + b with W of shape (out, in); magnitude: see gradient_scales."""
 
     def backward(g):
+        if magnitude:
+            return g @ w, np.abs(g).T @ np.abs(x), np.abs(g).sum(axis=0)
         return g @ w, g.T @ x, g.sum(axis=0)
 
     return x @ w.T + b, backward
@@ -202,6 +214,7 @@ class _Pass:
         record=False,
         relu_masks: dict | None = None,
         pool_choice: np.ndarray | None = None,
+        magnitude: bool = False,
     ):
         self.params, self.config, self.training = params, config, training
         self.running: dict[str, np.ndarray] = {}
@@ -210,6 +223,7 @@ class _Pass:
         self.relu_inputs: dict[str, np.ndarray] | None = {} if record else None
         self.relu_masks = relu_masks  # None, or every ReLU's derivative mask: see gradients()
         self.pool_choice = pool_choice  # None, or the stem max-pool's choice: see gradients()
+        self.magnitude = magnitude  # parameter gradients sum |terms|: see gradient_scales()
 
 
 def _seq(x, *layers):
@@ -245,7 +259,7 @@ def _norm(ps: _Pass, name: str, x):
         ps.running[f"{name}.running_mean"] = mean.copy()
         ps.running[f"{name}.running_var"] = var.copy()
     out, back = _batch_norm(
-        x, mean, var, p[f"{name}.weight"], p[f"{name}.bias"], c.bn_eps, ps.training
+        x, mean, var, p[f"{name}.weight"], p[f"{name}.bias"], c.bn_eps, ps.training, ps.magnitude
     )
 
     def backward(g):
@@ -281,20 +295,23 @@ def _act(ps: _Pass, name: str, x):
 
 
 def _conv(ps: _Pass, name: str, x, stride: int = 1, pad: int = 0):
-    out, back = _conv2d(x, ps.params[f"{name}.weight"], ps.params.get(f"{name}.bias"), stride, pad)
+    w = ps.params[f"{name}.weight"]
+    out, back = _conv2d(x, w, ps.params.get(f"{name}.bias"), stride, pad, ps.magnitude)
 
     def backward(g):
         gx, gw, gb = back(g)
         ps.grads[f"{name}.weight"] = gw
         if gb is not None:
             ps.grads[f"{name}.bias"] = gb
+        if ps.magnitude and name == "stem.conv":  # the input gradient's last sum
+            ps.grads["input"] = _conv_input_grad(np.abs(g), np.abs(w), x.shape, stride, pad)
         return gx
 
     return out, backward
 
 
 def _fc(ps: _Pass, name: str, x):
-    out, back = _linear(x, ps.params[f"{name}.weight"], ps.params[f"{name}.bias"])
+    out, back = _linear(x, ps.params[f"{name}.weight"], ps.params[f"{name}.bias"], ps.magnitude)
 
     def backward(g):
         gx, ps.grads[f"{name}.weight"], ps.grads[f"{name}.bias"] = back(g)
@@ -410,6 +427,7 @@ def _start(
     record=False,
     relu_masks=None,
     pool_choice=None,
+    magnitude=False,
 ):
     """Validate like every framework's edge does, then run the forward pass."""
     x = np.asarray(x)
@@ -419,17 +437,17 @@ def _start(
     check_tensors(params, config, x.dtype.name)
     if pool_choice is not None and config.stem != "imagenet":
         raise ValueError("a max-pool choice was given, but this config's stem has no max-pool")
-    ps = _Pass(params, config, training, kinks, record, relu_masks, pool_choice)
+    ps = _Pass(params, config, training, kinks, record, relu_masks, pool_choice, magnitude)
     features, backward = _network(ps, x)
     return ps, features, backward
 
 
-def _forward_backward(params, config, x, y, training, kinks=None, ps_out=None, **piece):
+def _forward_backward(params, config, x, y, training, kinks=None, ps_out=None, names=None, **piece):
     """One forward and backward pass; ps_out (a list) receives the _Pass (relu_inputs, ...)."""
     ps, features, backward = _start(params, config, x, training, kinks, ps_out is not None, **piece)
     value, g = _loss_and_grad(features["logits"], np.asarray(y))
     grad_x = backward(g)
-    grads = {name: ps.grads[name] for name in trainable_names(config)}
+    grads = {name: ps.grads[name] for name in names or trainable_names(config)}
     if ps_out is not None:
         ps_out.append(ps)
     return features, ps.running, value, grad_x, grads
@@ -479,6 +497,39 @@ def gradients(
         params, config, x, y, training, kinks, relu_masks=relu_masks, pool_choice=pool_choice
     )
     return value, grad_x, grads
+
+
+def gradient_scales(
+    params: dict,
+    config: DenseNetConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    training: bool,
+    *,
+    relu_masks: dict[str, np.ndarray] | None = None,
+    pool_choice: np.ndarray | None = None,
+):
+    """(scale of d loss / d x, {trainable name: scale}): the rounding scale of each gradient.
+
+    Every gradient entry ends in one sum over the batch (and positions, or output channels for
+    the input): d gamma = sum(dy * xhat), d W = sum(dy * x), ... Here that last sum adds the
+    |terms| instead, with the ordinary upstream dy. A floating-point sum errs by up to (number
+    of terms) x (unit roundoff) x this however much its terms cancel, so it is the size a
+    gradient's rounding error is measured against (tolerances.py): a gradient whose terms cancel
+    10^4-fold is 10^4 times smaller than its rounding scale. Arguments as for gradients().
+    """
+    _, _, _, _, grads = _forward_backward(
+        params,
+        config,
+        x,
+        y,
+        training,
+        relu_masks=relu_masks,
+        pool_choice=pool_choice,
+        magnitude=True,
+        names=["input", *trainable_names(config)],
+    )
+    return grads.pop("input"), grads
 
 
 def max_pool_choice(x: np.ndarray) -> np.ndarray:

@@ -13,8 +13,8 @@ from densenet_spec.harness import (
     ParityReport,
     describe_where,
     family_table,
-    float32_steps_note,
     piece_rows,
+    report_notes,
 )
 
 FAMILIES = ("eval", "train", "loss", "eval_grad", "train_grad", "step")
@@ -71,8 +71,7 @@ def print_report(report: ParityReport, con: Console) -> None:
         table.add_row(pair, *out)
     con.print(table)
     print_pieces(report, con)
-    note = float32_steps_note(report)
-    if note:
+    for note in report_notes(report):
         con.print(f"[yellow]{escape(note)}[/]")
     for r in rows:
         if r["failed"]:

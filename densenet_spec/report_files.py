@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from densenet_spec.case import describe_inputs
-from densenet_spec.harness import ParityReport, describe_where, family_table, piece_rows
+from densenet_spec.harness import (
+    ParityReport,
+    describe_where,
+    family_table,
+    piece_rows,
+    report_notes,
+)
 from densenet_spec.params import stage_names
 
 
@@ -90,6 +96,7 @@ def markdown(report: ParityReport) -> str:
             f"| {r['pair']} | {r['quantity']} | {r['n']} | {r['error']:.2e} | {r['bound']:.0e} | "
             f"`{r['worst_key']}` | {res} |"
         )
+    lines += [f"\n{note}" for note in report_notes(report)]
     pieces = piece_rows(report)
     if pieces:
         lines += ["", "## Linear pieces (float32 gradients)", "", PIECES_NOTE, ""]
@@ -228,6 +235,7 @@ def html_page(report: ParityReport) -> str:
         f"batch {c.x.shape[0]}, image {c.x.shape[2]}x{c.x.shape[3]}, {esc(describe_inputs(c))}, "
         f"{c.steps} SGD step(s)</p>"
         f"<h2>Relative max error per quantity (worst tensor)</h2>{matrix}"
+        + "".join(f"<p>{esc(note)}</p>" for note in report_notes(report))
         + _pieces_html(report)
         + (f"<h2>Where frameworks part</h2><ul>{parts}</ul>" if parts else "")
         + f"<h2>Environments</h2>{environments}{errors}"

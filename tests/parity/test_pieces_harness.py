@@ -15,8 +15,9 @@ from densenet_spec import frameworks, reference
 from densenet_spec.case import make_case
 from densenet_spec.compare import compare
 from densenet_spec.config import get_preset
-from densenet_spec.harness import ORACLE, oracle_results, run_parity, self_check
+from densenet_spec.harness import ORACLE, oracle_results, report_notes, run_parity, self_check
 from densenet_spec.report_files import html_page, markdown
+from densenet_spec.tolerances import is_exact_zero
 
 # The oracle as a framework. FLIP: its train-mode pieces put the FLIP BatchNorm outputs nearest 0
 # on the other side (what another float32 rounding does, concentrated where it matters), and its
@@ -170,6 +171,10 @@ def test_a_framework_on_another_piece_passes_on_its_own_piece(fake):
     assert len(pieces["train"]["where"]) == 3  # one near-kink entry in each of 3 BatchNorms
     grads = [c for c in report.pairs[0].comparisons if c.key.startswith("train_grad/")]
     assert max(c.bound for c in grads) <= 1e-3  # rounding alone: no kink allowance
+    # measured against each gradient's rounding scale, which the report names
+    assert set(report.rounding_scales) >= {c.key for c in grads if not is_exact_zero(c.key)}
+    assert all(s >= v for s, v in report.rounding_scales.values())
+    assert "measured against their rounding scale" in report_notes(report)[0]
     # the same results against the oracle's own piece fail by ~100x the bound: what a flip does
     truth = oracle_results(case)
     plain = compare(report.runs[name].results, truth.truth, "float32", truth.float32_errors)

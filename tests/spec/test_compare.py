@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
-from densenet_spec.compare import assert_close, bounds_for, compare, rel_errors
-from densenet_spec.tolerances import FLOAT32_FLOOR, FLOAT32_SAFETY, FLOAT64, GRAD_FLOOR
+from densenet_spec.compare import DerivedErrors, assert_close, bounds_for, compare, rel_errors
+from densenet_spec.tolerances import (
+    FLOAT32_FLOOR,
+    FLOAT32_SAFETY,
+    FLOAT32_SCALE_FLOOR,
+    FLOAT64,
+    GRAD_FLOOR,
+)
 
 
 def test_relative_max_error_is_against_the_reference():
@@ -154,3 +160,27 @@ def test_float32_step_allowance_grows_with_the_steps():
     ]
     values = [a["step/stem.conv.bias"] for a in allow]
     assert values == sorted(values) and values[-1] > 10 * values[0]
+
+
+def test_float32_gradients_are_measured_in_the_units_their_bounds_were_derived_in():
+    """A cancelling gradient (value 1e-3, rounding scale 10) errs by 1e-6: 1e-3 of its value,
+    1e-7 of its scale. Its bound comes with the scale (DerivedErrors), so both sides are in the
+    same unit; float64 keeps the plain relative measure."""
+    ref = {"train_grad/stem.norm.weight": np.array([1e-3, -1e-3]), "train/logits": np.ones(2)}
+    got = {"train_grad/stem.norm.weight": ref["train_grad/stem.norm.weight"] + 1e-6}
+    got["train/logits"] = np.ones(2)
+    e32 = DerivedErrors({"train_grad/stem.norm.weight": 1e-7, "train/logits": 0.0},
+                        {"train_grad/stem.norm.weight": 10.0})  # fmt: skip
+    (c, logits) = compare(got, ref, "float32", e32)
+    assert c.error == pytest.approx(1e-7) and c.bound == FLOAT32_SAFETY * 1e-7 and c.ok
+    assert logits.bound == FLOAT32_FLOOR["train"]  # not a gradient: its own floor
+    # the floor of a scaled key is FLOAT32_SAFETY roundings of the scale, not the value's 1e-4
+    assert bounds_for(["train_grad/stem.norm.weight"], "float32", DerivedErrors(
+        {"train_grad/stem.norm.weight": 0.0}, {"train_grad/stem.norm.weight": 10.0}
+    ))["train_grad/stem.norm.weight"] == FLOAT32_SCALE_FLOOR  # fmt: skip
+    # negative controls: 100x the error fails; the plain measure (no scales) sees 1e-3
+    worse = {**got, "train_grad/stem.norm.weight": ref["train_grad/stem.norm.weight"] + 1e-4}
+    assert not compare(worse, ref, "float32", e32)[0].ok
+    plain = compare(got, ref, "float32", dict(e32))[0]
+    assert plain.error == pytest.approx(1e-3) and not plain.ok
+    assert compare(got, ref, "float64", e32)[0].error == pytest.approx(1e-3)

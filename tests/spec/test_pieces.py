@@ -10,6 +10,7 @@ from densenet_spec import pieces, reference
 from densenet_spec.case import as_dtype, make_case, relu_names, result_keys
 from densenet_spec.config import get_preset
 from densenet_spec.driver import GRAD_SCALE, Gradients, PiecesMissingError, run_case
+from densenet_spec.tolerances import is_exact_zero
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,12 @@ def test_float32_errors_are_rounding_on_the_float32_oracles_own_piece(tiny):
     want = pieces.on_piece(case, p32, truth, own)
     from densenet_spec.compare import rel_errors
 
-    assert e32 == rel_errors(ours32, want)
+    # gradients in units of their rounding scale (every gradient key but the exact zeros)
+    assert e32.scales == pieces.rounding_scales(case)
+    grads = {k for k in e32 if "_grad/" in k}
+    assert set(e32.scales) == {k for k in grads if not is_exact_zero(k)}
+    assert e32 == rel_errors(ours32, want, scales=e32.scales)
+    assert e32 != rel_errors(ours32, want)  # negative control: another measure
     assert set(e32) == set(result_keys(case))
     assert max(v for k, v in e32.items() if k.startswith("train_grad/")) < 1e-4
 

@@ -314,3 +314,60 @@ def test_the_worker_entry_point_runs_the_oracle(tmp_path):
     results, info = read_results(tmp_path / "out.safetensors")
     assert set(results) == set(result_keys(case))
     assert info["package"] == "numpy" and info["dtype"] == "float64"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rounding scales (reference.gradient_scales): each gradient's last sum over |terms|.
+
+
+def test_each_ops_magnitude_backward_sums_absolute_terms_and_passes_the_ordinary_gradient_on():
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((2, 3, 7, 7)), rng.standard_normal((4, 3, 3, 3)), np.ones(4)
+    _, back = reference._conv2d(x, w, b, 2, 1)
+    _, back_abs = reference._conv2d(x, w, b, 2, 1, magnitude=True)
+    g = rng.standard_normal((2, 4, 4, 4))
+    gx, gw, gb = back(g)
+    gx_abs, gw_abs, gb_abs = back_abs(g)
+    xp = np.abs(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))))
+    direct = np.zeros_like(w)
+    for i in range(3):
+        for j in range(3):
+            patch = xp[:, :, i : i + 8 : 2, j : j + 8 : 2]
+            direct[:, :, i, j] = np.einsum("nohw,nchw->oc", np.abs(g), patch)
+    np.testing.assert_allclose(gw_abs, direct, rtol=1e-13)
+    np.testing.assert_allclose(gb_abs, np.abs(g).sum(axis=(0, 2, 3)), rtol=1e-13)
+    np.testing.assert_array_equal(gx_abs, gx)  # what flows on is the ordinary gradient
+    assert np.all(gw_abs >= np.abs(gw)) and np.any(gw_abs > 1.5 * np.abs(gw))
+
+    mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    _, back = reference._batch_norm(x, mean, var, gamma, beta, 1e-5, True)
+    _, back_abs = reference._batch_norm(x, mean, var, gamma, beta, 1e-5, True, magnitude=True)
+    g = rng.standard_normal(x.shape)
+    xhat = (x - mean[None, :, None, None]) / np.sqrt(var + 1e-5)[None, :, None, None]
+    (gx, _, _), (gx_abs, ggamma, gbeta) = back(g), back_abs(g)
+    np.testing.assert_allclose(ggamma, np.abs(g * xhat).sum(axis=(0, 2, 3)), rtol=1e-13)
+    np.testing.assert_allclose(gbeta, np.abs(g).sum(axis=(0, 2, 3)), rtol=1e-13)
+    np.testing.assert_array_equal(gx_abs, gx)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_gradient_scales_bound_every_gradient_and_match_the_head_by_hand(training):
+    params, x, y = _problem(D2L_SMALL, 3, 16, seed=4)
+    _, grad_x, grads = reference.gradients(params, D2L_SMALL, x, y, training)
+    scale_x, scales = reference.gradient_scales(params, D2L_SMALL, x, y, training)
+    assert list(scales) == list(grads)
+    for name, g in [("input", grad_x), *grads.items()]:
+        s = scale_x if name == "input" else scales[name]
+        assert s.shape == g.shape and np.all(s >= np.abs(g) * (1 - 1e-12)), name
+    # the head by hand: d logits = (softmax - onehot) / n, its last sums over the batch
+    features, _ = reference.forward_features(params, D2L_SMALL, x, training)
+    logits = features["logits"]
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    dlogits = np.abs(p - np.eye(D2L_SMALL.num_classes)[y]) / len(y)
+    np.testing.assert_allclose(scales["head.fc.weight"], dlogits.T @ features["head"], rtol=1e-12)
+    np.testing.assert_allclose(scales["head.fc.bias"], dlogits.sum(axis=0), rtol=1e-12)
+    if training:  # the stem BN's gamma: every consumer is a train-mode BN, its terms cancel
+        ratio = np.max(scales["stem.norm.weight"]) / np.max(np.abs(grads["stem.norm.weight"]))
+        assert ratio > 100
