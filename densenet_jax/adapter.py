@@ -22,7 +22,7 @@ from densenet_jax.model import DenseNet
 from densenet_jax.precision import precision_settings
 from densenet_jax.variants import make_model
 from densenet_jax.weights import from_canonical, to_canonical
-from densenet_spec.case import Case, relu_names, wants_pieces
+from densenet_spec.case import Case, records_pieces, relu_names
 from densenet_spec.config import same_pads
 from densenet_spec.driver import Gradients
 from densenet_spec.errors import DeviceUnavailableError
@@ -70,7 +70,7 @@ class Adapter:
         self.info = environment(case.device, case.dtype, tf32=case.options.get("tf32", "off"))
         # Every BatchNorm's output for float32 piece parity (densenet_spec.driver); the
         # memory-efficient layers hand theirs out of their custom_vjp (memory_efficient.py)
-        self.pieces = wants_pieces(case)
+        self.pieces = records_pieces(case)
         fast = xla_cpu.fast_modules(case.device) if case.variant == "fast" else {}
         self.info |= {
             "memory_efficient": case.memory_efficient,

@@ -34,7 +34,7 @@ from densenet_mx.precision import max_pool_eval_grad_is_correct, precision_setti
 from densenet_mx.sgd import load_spec_buffers, spec_buffers
 from densenet_mx.variants import FAST_HYBRIDIZE, make_model
 from densenet_mx.weights import from_canonical, to_canonical
-from densenet_spec.case import Case, relu_names, wants_pieces
+from densenet_spec.case import Case, records_pieces, relu_names
 from densenet_spec.config import same_pads
 from densenet_spec.driver import Gradients
 from densenet_spec.errors import DeviceUnavailableError
@@ -100,7 +100,7 @@ class Adapter:
             if fast
             else {},
         }
-        if wants_pieces(case):
+        if records_pieces(case):
             self.info["pieces_recording"] = (  # info["pieces"] would mean unavailable
                 "BatchNorm outputs recorded by Gluon forward hooks in the imperative pass that "
                 "computes the gradients (hybridized == imperative bit for bit)"
@@ -141,7 +141,7 @@ class Adapter:
 
     def gradients(self, model: DenseNet, x: nd.NDArray, y: nd.NDArray, training: bool):
         preactivations = None
-        if wants_pieces(self.case):
+        if records_pieces(self.case):
             twin, preactivations = self._recording_twin()
             from_canonical(twin, to_canonical(model))  # the model's weights and statistics
             preactivations.clear()

@@ -140,6 +140,17 @@ def wants_pieces(case: Case) -> bool:
     return bool(case.options.get("pieces")) and "grad" in case.quantities
 
 
+def wants_step_pieces(case: Case) -> bool:
+    """...and the piece of every SGD step's forward pass (step_piece/<k>/<bn>, pieces.py)?"""
+    return bool(case.options.get("pieces")) and "step" in case.quantities and case.steps > 0
+
+
+def records_pieces(case: Case) -> bool:
+    """Must an adapter's gradients() return preactivations (driver.py): the case asks for the
+    pieces of its gradient passes or of its SGD steps."""
+    return wants_pieces(case) or wants_step_pieces(case)
+
+
 def without_pieces(case: Case) -> Case:
     """The same case without the "pieces" option: what a worker that cannot report them runs."""
     import dataclasses
@@ -159,6 +170,8 @@ def result_keys(case: Case) -> list[str]:
                                  mode's gradients: the linear piece they were taken on (pieces.py)
     step/<name>:                 every parameter and BN running statistic after case.steps
                                  SGD steps on step_x[k], step_y[k] (train mode), from the weights
+    step_piece/<k>/<bn>:         with the "pieces" option and steps, every BatchNorm's output
+                                 (NCHW) in the forward pass of SGD step k (0-based): its piece
     loss/eval, loss/train:       the mean cross-entropy, shape (1,)
     """
     c = case.config
@@ -174,6 +187,8 @@ def result_keys(case: Case) -> list[str]:
         keys += [f"{mode}_piece/{n}" for mode in ("eval", "train") for n in relu_names(c)]
     if "step" in case.quantities:
         keys += [f"step/{s.name}" for s in param_specs(c)]
+    if wants_step_pieces(case):
+        keys += [f"step_piece/{k}/{n}" for k in range(case.steps) for n in relu_names(c)]
     return keys
 
 

@@ -30,7 +30,8 @@ eval and train mode. The driver returns them as eval_piece/<bn>, train_piece/<bn
 adapter that cannot (say why) sets the class attribute `pieces_unavailable = "<reason>"`: the
 driver then returns no piece keys and info["pieces"] = the reason, and the harness falls back to
 the ReLU-kink allowance (kinks.py) for that framework. preactivations=None without that reason
-is a PiecesMissingError.
+is a PiecesMissingError. With steps, the driver also returns step_piece/<k>/<bn>, each SGD step's
+piece, from a train-mode gradients() on the state that step starts from (_step_pieces).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from densenet_spec.case import (
     relu_names,
     result_keys,
     wants_pieces,
+    wants_step_pieces,
     without_pieces,
 )
 from densenet_spec.errors import DenseNetError
@@ -133,9 +135,29 @@ def run_case(case: Case, adapter: Adapter) -> tuple[dict[str, np.ndarray], dict]
             xk, yk = adapter.images(case.step_x[k]), adapter.labels(case.step_y[k])
             adapter.train_step(model, optimizer, xk, yk)
         results.update({f"step/{k}": np.asarray(v) for k, v in adapter.to_canonical(model).items()})
+    if wants_step_pieces(case):
+        results.update(_step_pieces(case, adapter))
     results = {k: results[k] for k in result_keys(case) if k in results}
     check_results(case, results)
     return results, dict(adapter.info)
+
+
+def _step_pieces(case: Case, adapter: Adapter) -> dict:
+    """step_piece/<k>/<bn>: the piece of SGD step k's forward pass, from a train-mode gradients()
+    on the state that step starts from (a fresh build and the k steps before it again, so the
+    adapter needs nothing new: O(K^2) steps). That pass must take the piece train_step takes on
+    the same state and batch, as for the train-mode gradients of step 0 (pieces.py)."""
+    out = {}
+    for k in range(case.steps):
+        model = adapter.build()
+        optimizer = adapter.make_optimizer(model)
+        for j in range(k):
+            xj, yj = adapter.images(case.step_x[j]), adapter.labels(case.step_y[j])
+            adapter.train_step(model, optimizer, xj, yj)
+        xk, yk = adapter.images(case.step_x[k]), adapter.labels(case.step_y[k])
+        pre = _preactivations(case, adapter.gradients(model, xk, yk, True), f"step {k} train")
+        out.update({f"step_piece/{k}/{n}": adapter.to_numpy(v) for n, v in pre.items()})
+    return out
 
 
 def _preactivations(case: Case, grads: Gradients, mode: str) -> dict:

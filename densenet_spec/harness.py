@@ -387,8 +387,10 @@ class OracleResults:
 
 
 def uses_pieces(case: Case) -> bool:
-    """float32 gradients are compared on each implementation's own linear piece (pieces.py)."""
-    return case.dtype == "float32" and "grad" in case.quantities
+    """float32 gradients and SGD steps are compared on each implementation's own linear pieces
+    (pieces.py)."""
+    q = case.quantities
+    return case.dtype == "float32" and ("grad" in q or ("step" in q and case.steps > 0))
 
 
 def with_pieces(case: Case) -> Case:
@@ -692,7 +694,8 @@ def family_table(report: ParityReport) -> list[dict]:
 def piece_rows(report: ParityReport) -> list[dict]:
     """One row per framework (against the oracle's float64 piece) and per framework pair: how many
     ReLU entries (eval, train) and stem max-pool windows sit on a different linear piece, and
-    where; or why a framework could not say (it is then checked with the ReLU-kink fallback)."""
+    where (steps: both, over every SGD step, where reported; "" where not); or why a framework
+    could not say (it is then checked with the ReLU-kink fallback)."""
     rows = []
     for p in report.pairs:
         if p.pieces is None:
@@ -700,13 +703,17 @@ def piece_rows(report: ParityReport) -> list[dict]:
         row = {"pair": f"{p.a} vs {p.b}", "reported": p.pieces.get("reported", False)}
         if row["reported"]:
             where: dict[str, int] = {}
-            for mode in ("eval", "train"):
-                for name, n in p.pieces[mode]["where"].items():
+            for mode in ("eval", "train", "steps"):
+                for name, n in p.pieces.get(mode, {}).get("where", {}).items():
                     where[name] = where.get(name, 0) + n
+            count = {m: p.pieces[m]["relu"] for m in ("eval", "train") if m in p.pieces}
+            pool = [p.pieces[m]["pool"] for m in ("eval", "train") if m in p.pieces]
+            steps = p.pieces.get("steps")
             row |= {
-                "eval": p.pieces["eval"]["relu"],
-                "train": p.pieces["train"]["relu"],
-                "pool": p.pieces["eval"]["pool"] + p.pieces["train"]["pool"],
+                "eval": count.get("eval", ""),
+                "train": count.get("train", ""),
+                "pool": sum(pool) if pool else "",
+                "steps": steps["relu"] + steps["pool"] if steps else "",
                 "where": where,
             }
         else:

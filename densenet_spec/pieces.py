@@ -21,9 +21,11 @@ rounding (tolerances.py). So the parity check asks each implementation which pie
   float32 gradients are compared with it; the float32 bound is the oracle's own float32 rounding
   on its own piece (float32_errors), with no allowance for kinks.
 
-Step keys: the first SGD step's gradient is the train-mode gradient on case.x (make_case uses the
-same batch), so its piece is known and the float64 trajectory is recomputed from it; later steps
-(other batches, updated weights) take the float64 oracle's own pieces, as before.
+Step keys: the worker reports the piece of every SGD step's forward too (step_piece/<k>/<bn>:
+driver._step_pieces), and the float64 trajectory is recomputed with step k on that piece
+(_trajectory_on), so the float32 bound on step/ keys is rounding alone over all K steps. A result
+without step pieces (older workers) gets the earlier rule: the first step takes the train-mode
+gradient's piece (make_case uses the same batch), later ones the float64 oracle's own.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from densenet_spec import reference
-from densenet_spec.case import Case, as_dtype, relu_names
+from densenet_spec.case import Case, as_dtype, relu_names, wants_step_pieces
 from densenet_spec.compare import DerivedErrors, rel_errors
 from densenet_spec.tolerances import is_exact_zero
 
@@ -62,12 +64,21 @@ def piece_of(pre: dict[str, np.ndarray], config) -> Piece:
     return Piece(masks, pool)
 
 
-def pieces_of(results: dict, config) -> dict[str, Piece]:
-    """{"eval": Piece, "train": Piece} from a worker's eval_piece/<bn>, train_piece/<bn> keys."""
-    return {
-        mode: piece_of({n: results[f"{mode}_piece/{n}"] for n in relu_names(config)}, config)
+def pieces_of(results: dict, config) -> dict:
+    """{"eval": Piece, "train": Piece} from a worker's eval_piece/<bn>, train_piece/<bn> keys,
+    and "steps": [Piece of step 0, 1, ...] where it reported step_piece/<k>/<bn>."""
+    names = relu_names(config)
+    out: dict = {
+        mode: piece_of({n: results[f"{mode}_piece/{n}"] for n in names}, config)
         for mode in MODES
+        if f"{mode}_piece/{names[0]}" in results
     }
+    steps = sorted({int(k.split("/")[1]) for k in results if k.startswith("step_piece/")})
+    if steps:
+        out["steps"] = [
+            piece_of({n: results[f"step_piece/{k}/{n}"] for n in names}, config) for k in steps
+        ]
+    return out
 
 
 def differences(a: Piece, b: Piece) -> dict[str, int]:
@@ -79,34 +90,50 @@ def differences(a: Piece, b: Piece) -> dict[str, int]:
     return {k: v for k, v in out.items() if v}
 
 
-def summary(a: dict[str, Piece], b: dict[str, Piece]) -> dict:
-    """Per mode: ReLU entries and pool windows on a different piece, and where (JSON-ready)."""
+def summary(a: dict, b: dict) -> dict:
+    """Per mode (and "steps", summed over the SGD steps, where both have them): ReLU entries and
+    pool windows on a different piece, and where (JSON-ready)."""
     out = {}
-    for mode in MODES:
+    for mode in (m for m in MODES if m in a and m in b):
         diff = differences(a[mode], b[mode])
         pool = diff.pop("pool", 0)
         out[mode] = {"relu": sum(diff.values()), "pool": pool, "where": diff}
+    if "steps" in a and "steps" in b:
+        where: dict[str, int] = {}
+        for pa, pb in zip(a["steps"], b["steps"]):
+            for n, count in differences(pa, pb).items():
+                where[n] = where.get(n, 0) + count
+        pool = where.pop("pool", 0)
+        out["steps"] = {"relu": sum(where.values()), "pool": pool, "where": where}
     return out
 
 
-def oracle_pieces(case64: Case) -> dict[str, Piece]:
-    """The float64 oracle's own pieces on the case (its truth)."""
-    x = np.asarray(case64.x)
-    return {
-        mode: piece_of(
-            reference.relu_inputs(case64.params, case64.config, x, mode == "train"), case64.config
-        )
+def oracle_pieces(case64: Case) -> dict:
+    """The float64 oracle's own pieces on the case (its truth), its SGD steps' too where the case
+    asks for them."""
+    x, config = np.asarray(case64.x), case64.config
+    out: dict = {
+        mode: piece_of(reference.relu_inputs(case64.params, config, x, mode == "train"), config)
         for mode in MODES
     }
+    if wants_step_pieces(case64):
+        relu: list = []
+        reference.sgd_steps(
+            case64.params, config, case64.step_x, case64.step_y, case64.sgd, relu=relu
+        )
+        out["steps"] = [piece_of(pre, config) for pre in relu]
+    return out
 
 
-def on_piece(case: Case, pieces: dict[str, Piece], truth: dict, own: dict[str, Piece]) -> dict:
+def on_piece(case: Case, pieces: dict, truth: dict, own: dict) -> dict:
     """The float64 oracle's gradient keys (and step keys) on `pieces`; other keys of truth as
-    they are. own: the oracle's own pieces, for which truth already holds the answer."""
+    they are. own: the oracle's own pieces, for which truth already holds the answer. With
+    pieces["steps"] the whole SGD trajectory takes those (step/ and step_piece/ keys); without,
+    its first step takes the train-mode gradient's piece and later ones the oracle's own."""
     case64 = as_dtype(case, "float64")
     config, x, y = case64.config, np.asarray(case64.x), np.asarray(case64.y)
     out = dict(truth)
-    for mode in MODES:
+    for mode in (m for m in MODES if m in pieces):
         if pieces[mode].same_as(own[mode]):
             continue
         _, grad_x, grads = reference.gradients(
@@ -121,8 +148,29 @@ def on_piece(case: Case, pieces: dict[str, Piece], truth: dict, own: dict[str, P
         out[f"{mode}_grad/input"] = grad_x
         if mode == "train":
             out.update({f"train_grad/{n}": g for n, g in grads.items()})
-            if "step" in case.quantities and case.steps:
+            if "step" in case.quantities and case.steps and "steps" not in pieces:
                 out.update(_steps_from(case64, grads))
+    if "steps" in pieces and not all(p.same_as(o) for p, o in zip(pieces["steps"], own["steps"])):
+        out.update(_trajectory_on(case64, pieces["steps"]))
+    return out
+
+
+def _trajectory_on(case64: Case, steps: list[Piece]) -> dict:
+    """step/<name> and step_piece/<k>/<bn> of the float64 SGD trajectory whose step k takes
+    steps[k] (the piece that implementation's step k took)."""
+    relu: list = []
+    state, _, _ = reference.sgd_steps(
+        case64.params,
+        case64.config,
+        case64.step_x,
+        case64.step_y,
+        case64.sgd,
+        pieces=[(p.masks, p.pool) for p in steps],
+        relu=relu,
+    )
+    out = {f"step/{n}": state[n] for n in case64.params}
+    for k, pre in enumerate(relu):
+        out.update({f"step_piece/{k}/{n}": v for n, v in pre.items()})
     return out
 
 

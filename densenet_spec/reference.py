@@ -567,7 +567,7 @@ def run_case(case):
     Train-mode outputs, gradients and the optimizer steps each start from case.params, so
     the running statistics of one never leak into another.
     """
-    from densenet_spec.case import result_keys
+    from densenet_spec.case import result_keys, wants_step_pieces
 
     config, dtype, q = case.config, np.dtype(case.dtype), case.quantities
     params = case.params
@@ -597,14 +597,11 @@ def run_case(case):
         out[f"loss/{mode}"] = np.reshape(value, (1,))
 
     if "step" in q:
-        state, buffers = dict(params), {}
-        for k in range(case.steps):
-            _, running, _, _, grads = _forward_backward(
-                state, config, case.step_x[k], case.step_y[k], True
-            )
-            state, buffers = sgd_step(state, grads, buffers, case.sgd)
-            state.update(running)
+        inputs: list | None = [] if wants_step_pieces(case) else None
+        state, _, _ = sgd_steps(params, config, case.step_x, case.step_y, case.sgd, relu=inputs)
         out.update({f"step/{s.name}": state[s.name] for s in param_specs(config)})
+        for k, pre in enumerate(inputs or []):  # each step's linear piece (pieces.py)
+            out.update({f"step_piece/{k}/{n}": v for n, v in pre.items()})
 
     results = {k: np.ascontiguousarray(out[k], dtype=dtype) for k in result_keys(case)}
     return results, {"numpy": np.__version__, "device": "cpu", "dtype": case.dtype}
@@ -619,6 +616,8 @@ def sgd_steps(
     *,
     lrs=None,
     buffers: dict | None = None,
+    pieces: list | None = None,
+    relu: list | None = None,
 ):
     """K training steps from `params` on batches step_x[k], step_y[k] (train mode each time).
 
@@ -627,13 +626,28 @@ def sgd_steps(
     update). lrs[k] is the learning rate of step k (default: sgd.lr throughout): the update is
     the spec's with the rate outside the buffer, buf = m * buf + (g + wd * p); p -= lr_k * buf.
     buffers continues a run (a checkpoint's momentum buffers); None starts them at zero.
+    pieces[k] = (relu_masks, pool_choice): step k's gradient on that linear piece (gradients());
+    relu: a list that receives each step's ReLU inputs (relu_inputs(), one dict per step).
     """
     import dataclasses
 
     state, buffers = dict(params), dict(buffers or {})
     losses = []
     for k in range(len(step_x)):
-        _, running, value, _, grads = _forward_backward(state, config, step_x[k], step_y[k], True)
+        masks, pool = pieces[k] if pieces is not None else (None, None)
+        passes: list | None = [] if relu is not None else None
+        _, running, value, _, grads = _forward_backward(
+            state,
+            config,
+            step_x[k],
+            step_y[k],
+            True,
+            ps_out=passes,
+            relu_masks=masks,
+            pool_choice=pool,
+        )
+        if relu is not None:
+            relu.append(passes[0].relu_inputs)
         lr = sgd.lr if lrs is None else float(lrs[k])
         state, buffers = sgd_step(state, grads, buffers, dataclasses.replace(sgd, lr=lr))
         state.update(running)

@@ -100,13 +100,14 @@ def print_pieces(report: ParityReport, con: Console) -> None:
         title="linear pieces: ReLU entries and max-pool windows on a different piece "
         "(float32 gradients are compared on each framework's own piece)"
     )
-    for col in ("pair", "eval ReLU", "train ReLU", "pool windows", "where"):
+    for col in ("pair", "eval ReLU", "train ReLU", "pool windows", "SGD steps", "where"):
         table.add_column(col, justify="left" if col in ("pair", "where") else "right")
     for r in rows:
         if r["reported"]:
             where = describe_where(r["where"]) or "-"
-            table.add_row(r["pair"], str(r["eval"]), str(r["train"]), str(r["pool"]), where)
+            counts = (str(r[k]) for k in ("eval", "train", "pool", "steps"))
+            table.add_row(r["pair"], *counts, where)
         else:
             why = f"[yellow]not reported: {r['reason']} (ReLU-kink allowance used)[/]"
-            table.add_row(r["pair"], "", "", "", why)
+            table.add_row(r["pair"], "", "", "", "", why)
     con.print(table)

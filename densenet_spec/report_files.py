@@ -101,17 +101,18 @@ def markdown(report: ParityReport) -> str:
     if pieces:
         lines += ["", "## Linear pieces (float32 gradients)", "", PIECES_NOTE, ""]
         lines += [
-            "| pair | eval ReLU entries | train ReLU entries | pool windows | where |",
-            "| --- | --- | --- | --- | --- |",
+            "| pair | eval ReLU entries | train ReLU entries | pool windows | SGD steps | where |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for r in pieces:
             if r["reported"]:
                 where = describe_where(r["where"], limit=8) or "-"
                 lines.append(
-                    f"| {r['pair']} | {r['eval']} | {r['train']} | {r['pool']} | {where} |"
+                    f"| {r['pair']} | {r['eval']} | {r['train']} | {r['pool']} | {r['steps']} | "
+                    f"{where} |"
                 )
             else:
-                lines.append(f"| {r['pair']} | | | | not reported: {r['reason']} |")
+                lines.append(f"| {r['pair']} | | | | | not reported: {r['reason']} |")
     bad = [p for p in report.pairs if not p.ok]
     if bad:
         lines += ["", "## Where frameworks part", ""]
@@ -140,10 +141,11 @@ def markdown(report: ParityReport) -> str:
 
 
 PIECES_NOTE = (
-    "Each framework reports every BatchNorm output of its gradient passes; the float64 oracle "
-    "recomputes the gradient on that framework's own linear piece (its ReLU masks and max-pool "
-    "choices), and the float32 gradients are compared with that under the float32 rounding "
-    "bound. Pairs are compared through the oracle: a + (oracle on b's piece - oracle on a's). "
+    "Each framework reports every BatchNorm output of its gradient passes and SGD steps; the "
+    "float64 oracle recomputes the gradients and the SGD trajectory on that framework's own "
+    "linear pieces (its ReLU masks and max-pool choices), and the float32 results are compared "
+    "with those under the float32 rounding bound (SGD steps: entries over all steps). Pairs "
+    "are compared through the oracle: a + (oracle on b's piece - oracle on a's). "
     "A framework that cannot report its piece is checked with the ReLU-kink allowance instead."
 )
 
@@ -154,11 +156,12 @@ def _pieces_html(report: ParityReport) -> str:
         return ""
     esc = html.escape
     table = _table(
-        ["pair", "eval ReLU entries", "train ReLU entries", "pool windows", "where"],
+        ["pair", "eval ReLU entries", "train ReLU entries", "pool windows", "SGD steps", "where"],
         [
-            [esc(r["pair"]), r["eval"], r["train"], r["pool"], esc(describe_where(r["where"], 8))]
+            [esc(r["pair"]), r["eval"], r["train"], r["pool"], r["steps"]]
+            + [esc(describe_where(r["where"], 8))]
             if r["reported"]
-            else [esc(r["pair"]), "", "", "", esc(f"not reported: {r['reason']}")]
+            else [esc(r["pair"]), "", "", "", "", esc(f"not reported: {r['reason']}")]
             for r in rows
         ],
     )

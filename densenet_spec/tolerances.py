@@ -21,8 +21,10 @@ its own pieces (pieces.rounding_scales) and is one number per key, the same for 
 float32 error (compare.DerivedErrors carries it) and for the frameworks': error <= 16 x e32 holds
 in either unit, so the verdicts are the |value| measure's; only the floor is restated
 (FLOAT32_SCALE_FLOOR, 16 roundings of S instead of 1e-4 of the value). Measured (float32, batch 2,
-seed 0), the largest train-gradient bound: d2l 96px 2.7e-5, DenseNet-121 64px 9.1e-4 (block 4,
-8 values per BN channel), BC-100 32px ...; under the |value| measure they were 2.2e-3, 1.2e-3.
+seed 0), the largest train-gradient bound: d2l 96px 2.7e-5 (its exactly-zero conv-bias gradients,
+measured as before, 1e-4: the floor), DenseNet-121 64px 9.1e-4 (block 4,
+8 values per BN channel), BC-100 32px 4.7e-5; under the |value| measure d2l's and DenseNet-121's
+were 2.2e-3 and 1.2e-3.
 float64 keeps the |value| measure (its bounds are constants, 1e-9, and tighter that way).
 "step/" keys (parameters after an update) are O(1) tensors and compared as they are, with one
 float32 rule: a parameter whose gradient is exactly zero (conv biases) moves only by weight decay
@@ -55,11 +57,13 @@ get an allowance for every flip rounding could make.
   Exact for one flipped entry, not a proof for a subset of several; loose where many entries are
   near (DenseNet-121 above: median 0.13, largest 0.69): with it a float32 train_grad difference of
   a few % is not a verdict, which is why it is only the fallback.
-Known limits of the piece rule: steps after the first (other batches, updated weights) take the
-float64 oracle's own pieces, so a flip there is not accounted for (the old allowance did not cover
-it either); a framework's first train step must take the same piece as its train-mode gradient
-pass (the same forward computation); exact ties between positive float32 values in a max-pool
-window are assumed to go to the first maximum.
+SGD steps too: each framework reports the piece of every step's forward (step_piece/<k>/), and the
+float64 trajectory is recomputed with step k on that piece, so flips anywhere in K steps are not
+mistaken for errors (before, steps after the first took the oracle's own pieces, and a flip there
+was a jump no rounding bound covers). Known limits of the piece rule: a framework's train step must
+take the same piece as its train-mode gradient pass on the same state (the same forward
+computation; the driver reads a step's piece from that pass); exact ties between positive float32
+values in a max-pool window are assumed to go to the first maximum.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ FLOAT64 = {
     "step": 1e-9,
     "eval_piece": 1e-10,  # BatchNorm outputs (the ReLU inputs of the gradient passes): forwards
     "train_piece": 1e-10,
+    "step_piece": 1e-9,  # the same in each SGD step: forwards on weights after steps (as "step")
 }
 
 # float32: rounding. The bound for a key is max(FLOAT32_FLOOR[q], FLOAT32_SAFETY * e32[key]),
@@ -128,6 +133,7 @@ FLOAT32_FLOOR = {
     "step": 1e-6,  # params after a step are O(1) and change by lr * grad: rounding of O(1) values
     "eval_piece": 1e-5,
     "train_piece": 1e-5,
+    "step_piece": 1e-5,
 }
 
 # Float32 gradients measured against their rounding scale (see the module docstring): a bound is

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from densenet_spec.case import Case, wants_pieces
+from densenet_spec.case import Case, records_pieces
 from densenet_spec.config import same_pads
 from densenet_spec.driver import Gradients
 from densenet_spec.errors import DeviceUnavailableError
@@ -125,7 +125,7 @@ class Adapter:
     def gradients(self, model: DenseNet, x, y, training: bool) -> Gradients:
         """train.gradients; with the case's "pieces" option also every BatchNorm's output of the
         same forward pass (the ReLU's input: the linear piece the gradients were taken on)."""
-        preactivations = {} if wants_pieces(self.case) else None
+        preactivations = {} if records_pieces(self.case) else None
         hooks = [] if preactivations is None else _record_outputs(model, preactivations)
         try:
             loss, grad_input, grads = train.gradients(model, x, y, training)

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from densenet_spec import frameworks, reference
+from densenet_spec import frameworks, pieces, reference
 from densenet_spec.case import make_case
 from densenet_spec.compare import compare
 from densenet_spec.config import get_preset
@@ -135,11 +135,11 @@ def fake(tmp_path, monkeypatch, require_envs):
     return install
 
 
-def _case(dtype="float32", near_kink: int = 3):
+def _case(dtype="float32", near_kink: int = 3, steps: int = 1):
     """tiny, 16 px, with `near_kink` train-mode BatchNorm outputs moved to within 1e-6 of 0 (their
     channels' beta shifted), where float32 rounding can put them on either side, as on
     DenseNet-121: so a flip there is within the forward bound, as a real framework's would be."""
-    case = make_case(get_preset("tiny"), batch=2, image_size=16, steps=1, dtype=dtype)
+    case = make_case(get_preset("tiny"), batch=2, image_size=16, steps=steps, dtype=dtype)
     params, x = dict(case.params), case.x.astype(np.float64)
     for _ in range(near_kink):
         pre = reference.relu_inputs(
@@ -182,9 +182,31 @@ def test_a_framework_on_another_piece_passes_on_its_own_piece(fake):
     assert all(c.ok for c in plain if not c.key.startswith(("train_grad/", "step/")))
     # the report says where
     md = markdown(report)
-    assert "## Linear pieces" in md and f"{next(iter(pieces['train']['where']))} (1)" in md
+    assert pieces["steps"]["relu"] == 3  # its one SGD step: the same forward, the same flips
+    assert "## Linear pieces" in md and f"{next(iter(pieces['train']['where']))} (2)" in md
     assert "Linear pieces" in html_page(report)
     assert json.loads(json.dumps(report.to_json()))["frameworks"][name]["pieces"] == pieces
+
+
+def test_every_sgd_step_is_compared_on_its_own_piece(fake):
+    """3 steps, 3 flipped entries in each step's forward: the parameters after the steps pass,
+    because the float64 trajectory takes the piece each step reported; with only step 0's piece
+    (the rule before step pieces) the later steps' flips are jumps the float32 bound cannot
+    cover. The fake flips by negating its BatchNorm outputs, which is within rounding only where
+    _case put them near 0 (step 0): its later reported outputs are off, and fail by name."""
+    name = fake(flip=3)
+    case = _case(steps=3)
+    report = run_parity(case, [name], setup=False, log=quiet)
+    failed = _failed(report)[(name, ORACLE)]
+    assert failed and all(k.startswith(("step_piece/1/", "step_piece/2/")) for k in failed)
+    assert report.pieces[name]["steps"]["relu"] >= 9  # and what its trajectory moved
+    oracle = oracle_results(report.case)
+    results = report.runs[name].results
+    only_first = {k: v for k, v in pieces.pieces_of(results, case.config).items() if k != "steps"}
+    ref = pieces.on_piece(report.case, only_first, oracle.truth, oracle.pieces)
+    steps = {k: v for k, v in ref.items() if k.startswith("step/")}
+    old = compare(results, steps, "float32", oracle.float32_errors)
+    assert not all(c.ok for c in old)
 
 
 def test_a_framework_misreporting_its_piece_fails(fake):

@@ -58,7 +58,9 @@ def test_own_piece_is_the_ordinary_gradient_bit_for_bit(tiny):
             assert all(np.array_equal(g[n], truth[f"train_grad/{n}"]) for n in g)
     # the worker's piece keys give the same pieces as relu_inputs does
     from_keys = pieces.pieces_of(truth, case.config)
-    assert all(from_keys[m].same_as(own[m]) for m in own)
+    assert all(from_keys[m].same_as(own[m]) for m in pieces.MODES)
+    assert len(own["steps"]) == case.steps == len(from_keys["steps"])
+    assert all(a.same_as(b) for a, b in zip(from_keys["steps"], own["steps"]))
     assert set(own["train"].masks) == set(relu_names(case.config))
     assert own["train"].pool.shape == (2, 7, 4, 4) and own["train"].pool.max() <= 8
 
@@ -135,6 +137,41 @@ def test_on_piece_recomputes_gradients_and_the_first_step_only_where_pieces_diff
     summary = pieces.summary(fw, own)
     assert summary["eval"] == {"relu": 0, "pool": 0, "where": {}}
     assert summary["train"]["relu"] + summary["train"]["pool"] >= 3
+
+
+def test_on_piece_runs_the_whole_trajectory_on_each_steps_reported_piece():
+    """Step k's piece flipped in 3 entries: step/ and step_piece/ keys are the float64 trajectory
+    whose step k takes it (computed here step by step with gradients()), nothing else moves."""
+    case = make_case(
+        get_preset("tiny"), dtype="float32", image_size=16, steps=3, options={"pieces": True}
+    )
+    c64 = as_dtype(case, "float64")
+    truth, _ = reference.run_case(c64)
+    own = pieces.oracle_pieces(c64)
+    assert len(own["steps"]) == 3
+    assert all(v is truth[k] for k, v in pieces.on_piece(case, own, truth, own).items())
+    pre1 = {n: truth[f"step_piece/1/{n}"] for n in relu_names(case.config)}
+    steps = [own["steps"][0], pieces.piece_of(_flip_nearest(pre1, 3), case.config), own["steps"][2]]
+    fw = {**own, "steps": steps}
+    ref = pieces.on_piece(case, fw, truth, own)
+    changed = {k.split("/")[0] for k in truth if ref[k] is not truth[k]}
+    assert changed == {"step", "step_piece"}
+    state, buffers = dict(c64.params), None
+    for k, piece in enumerate(steps):
+        xk, yk = c64.step_x[k], c64.step_y[k]
+        for n, v in reference.relu_inputs(state, c64.config, xk).items():
+            np.testing.assert_array_equal(ref[f"step_piece/{k}/{n}"], v)
+        _, _, g = reference.gradients(
+            state, c64.config, xk, yk, True, relu_masks=piece.masks, pool_choice=piece.pool
+        )
+        _, running = reference.forward_features(state, c64.config, xk, True)
+        state, buffers = reference.sgd_step(state, g, buffers, c64.sgd)
+        state.update(running)
+    for n, v in state.items():
+        np.testing.assert_array_equal(ref[f"step/{n}"], v)
+    assert not np.array_equal(ref["step/stem.conv.weight"], truth["step/stem.conv.weight"])
+    summary = pieces.summary(fw, own)
+    assert summary["steps"]["relu"] == 3 and summary["train"]["relu"] == 0
 
 
 def test_float32_errors_are_rounding_on_the_float32_oracles_own_piece(tiny):
@@ -218,6 +255,37 @@ def test_driver_returns_piece_keys_from_the_gradient_pass():
         np.testing.assert_array_equal(results[f"train_piece/{n}"], want[n])
     plain, _ = run_case(_case(), OracleAdapter(_case()))
     assert not any("_piece/" in k for k in plain)
+
+
+class SteppingOracle(OracleAdapter):
+    """OracleAdapter with the spec's SGD step; the model is a dict of tensors, updated in place."""
+
+    def make_optimizer(self, model):
+        return {}
+
+    def train_step(self, model, optimizer, x, y):
+        config = self.case.config
+        _, _, g = reference.gradients(model, config, x, y, True)
+        _, running = reference.forward_features(model, config, x, True)
+        state, buffers = reference.sgd_step(model, g, optimizer, self.case.sgd)
+        model.update({**state, **running})
+        optimizer.update(buffers)
+
+
+def test_driver_returns_each_sgd_steps_piece():
+    case = make_case(
+        get_preset("tiny"), image_size=16, steps=3, dtype="float32",
+        quantities=("grad", "step"), options={"pieces": True},
+    )  # fmt: skip
+    results, _ = run_case(case, SteppingOracle(case))
+    assert list(results) == result_keys(case)
+    want, _ = reference.run_case(case)  # the oracle's own trajectory, recorded as it steps
+    for k in result_keys(case):
+        np.testing.assert_array_equal(results[k], want[k], err_msg=k)
+    step_keys = [k for k in results if k.startswith("step_piece/")]
+    assert len(step_keys) == 3 * len(relu_names(case.config))
+    n = "blocks.0.layers.0.norm1"
+    assert not np.array_equal(results[f"step_piece/0/{n}"], results[f"step_piece/2/{n}"])
 
 
 def test_driver_names_missing_preactivations():
