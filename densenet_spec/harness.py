@@ -728,7 +728,8 @@ WIDE_STEP_BOUND = 1e-2
 
 def float32_steps_note(report: ParityReport) -> str:
     """float32 over K > 1 steps: where the derived step bounds have grown too wide to check much
-    (rounding and ReLU flips compound over the steps, benchmarks/float32_steps), or ""."""
+    (rounding compounds over the steps where a case is ill-conditioned, e.g. a train-mode
+    BatchNorm that sees 2 values per channel; benchmarks/float32_steps), or ""."""
     c = report.case
     if c.dtype != "float32" or c.steps < 2:
         return ""
@@ -740,8 +741,9 @@ def float32_steps_note(report: ParityReport) -> str:
     return (
         f"float32 over {c.steps} steps: {len(wide)} of {len(steps)} step bounds exceed "
         f"{WIDE_STEP_BOUND:g} (widest {widest.bound:.1e}, {widest.key}): the oracle's own float32 "
-        "run has drifted that far from float64 (rounding and ReLU flips compound over steps), so "
-        "these comparisons check little; fewer --steps keep them tight (benchmarks/float32_steps)"
+        "run has drifted that far from float64 on its own linear pieces (rounding compounds over "
+        "the steps of an ill-conditioned case), so these comparisons check little; fewer --steps "
+        "or more values per BatchNorm channel keep them tight (benchmarks/float32_steps)"
     )
 
 
