@@ -44,6 +44,7 @@ import numpy as np
 from densenet_spec.case import (
     Case,
     check_results,
+    records_pieces,
     relu_names,
     result_keys,
     wants_pieces,
@@ -98,7 +99,7 @@ class Adapter(Protocol):
 def run_case(case: Case, adapter: Adapter) -> tuple[dict[str, np.ndarray], dict]:
     """Fill every key of result_keys(case) with `adapter`; return (results, adapter.info)."""
     reason = getattr(adapter, "pieces_unavailable", None)
-    if wants_pieces(case) and reason:
+    if records_pieces(case) and reason:
         adapter.info["pieces"] = str(reason)
         case = without_pieces(case)
     mutated = _driver_mutation(case)

@@ -312,6 +312,18 @@ def test_an_adapter_that_cannot_report_pieces_says_why():
     assert info["pieces"] == Fused.pieces_unavailable
     assert not any("_piece/" in k for k in results)
 
+    class FusedStepping(SteppingOracle):  # SGD steps only: no step pieces either
+        pieces_unavailable = Fused.pieces_unavailable
+
+    case = make_case(
+        get_preset("tiny"), image_size=16, steps=2, dtype="float32", quantities=("step",),
+        options={"pieces": True},
+    )  # fmt: skip
+    results, info = run_case(case, FusedStepping(case, report=False))
+    assert info["pieces"] == Fused.pieces_unavailable
+    assert list(results) == [k for k in result_keys(case) if "_piece/" not in k]
+    assert any(k.startswith("step_piece/") for k in result_keys(case))  # what it was asked for
+
 
 def test_grad_scale_scales_one_weight_gradient_and_nothing_else():
     case = _case()
